@@ -1,0 +1,569 @@
+//! The load generator: drives sagas through the orchestrator's real gRPC API against the running
+//! stack (see `scripts/bench.sh`), then reports throughput, start→terminal latency, outbox publish
+//! lag, CPU seconds per 1,000 sagas and peak memory of every process, and correctness (every saga
+//! terminal, the three databases consistent).
+//!
+//! - open loop (`--rate R --duration S`): starts R sagas per second whatever happens, as real
+//!   clients would; the honest way to find the sustainable rate.
+//! - closed loop (`--clients N --duration S`): N clients each start a saga and wait for it to end.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use saga_bench::audit::{Databases, audit};
+use saga_bench::client::Orchestrator;
+use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use saga_proto::v1::{SagaState, StartSagaRequest, WatchSagasRequest};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+#[derive(Parser, Clone)]
+#[command(about = "Drive sagas through the real stack and report throughput, latency, CPU and memory")]
+struct Args {
+    #[arg(long, value_enum, default_value_t = Mode::Open)]
+    mode: Mode,
+    /// Open loop: sagas started per second.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Closed loop: concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    #[arg(long, value_enum, default_value_t = Mix::Register)]
+    mix: Mix,
+    /// How long to wait for the last sagas to finish.
+    #[arg(long, default_value_t = 120)]
+    drain_secs: u64,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    orchestrator: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bench_orchestrator")]
+    orchestrator_db: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bench_users")]
+    users_db: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/bench_posts")]
+    posts_db: String,
+    /// Metrics pages (service=url) for outbox lag.
+    #[arg(long, default_values = ["orchestrator=http://127.0.0.1:18080", "user-service=http://127.0.0.1:18081", "post-service=http://127.0.0.1:18082"])]
+    metrics: Vec<String>,
+    /// Skip the consistency audit (e.g. for very long runs).
+    #[arg(long)]
+    no_audit: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mix {
+    /// Only successful register_user sagas.
+    Register,
+    /// 50% register_user, 10% register_user with a taken e-mail (compensated), 30% publish_post,
+    /// 10% publish_post with an empty title (compensated).
+    Mixed,
+}
+
+/// Processes whose CPU and memory are reported, by /proc comm name.
+const PROCESSES: [&str; 5] = [
+    "orchestrator",
+    "user-service",
+    "post-service",
+    "tansu",
+    "postgres",
+];
+
+/// CPU ticks (utime + stime) and memory of every process with `name`.
+fn sample(name: &str) -> (u64, u64, u64) {
+    let (mut ticks, mut hwm_kb, mut pss_kb) = (0u64, 0u64, 0u64);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0, 0, 0);
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name) {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(path.join("stat"))
+            && let Some(rest) = stat.rsplit(')').next()
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After "(comm)": state is field 3, utime 14, stime 15 (1-based in proc(5)).
+            let num = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            ticks += num(14) + num(15);
+        }
+        if let Ok(status) = std::fs::read_to_string(path.join("status")) {
+            for line in status.lines() {
+                if let Some(v) = line.strip_prefix("VmHWM:") {
+                    hwm_kb += v
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+        if let Ok(rollup) = std::fs::read_to_string(path.join("smaps_rollup")) {
+            for line in rollup.lines() {
+                if let Some(v) = line.strip_prefix("Pss:") {
+                    pss_kb += v
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+    }
+    (ticks, hwm_kb, pss_kb)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+/// The p-quantile of a Prometheus histogram (linear within the bucket).
+fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let target = p * total;
+    let mut prev = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let span = count - prev.1;
+            let frac = if span > 0.0 { (target - prev.1) / span } else { 1.0 };
+            return Some(prev.0 + frac * (le - prev.0));
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+/// The workload's saga requests.
+struct Workload {
+    mix: Mix,
+    run: String,
+    users: Vec<String>,
+    taken_emails: Vec<String>,
+}
+
+impl Workload {
+    fn request(&self, n: u64) -> StartSagaRequest {
+        let register = |email: String| StartSagaRequest {
+            saga_type: "register_user".into(),
+            payload_json: json!({"email": email, "name": format!("Load {} {n}", self.run)}).to_string(),
+            idempotency_key: String::new(),
+        };
+        let fresh = || format!("load.{}.{n}@example.com", self.run);
+        if self.mix == Mix::Register || self.users.is_empty() {
+            return register(fresh());
+        }
+        let pick = |v: &Vec<String>| v[(n as usize * 7919) % v.len()].clone();
+        match n % 10 {
+            0..=4 => register(fresh()),
+            5 => register(pick(&self.taken_emails)),
+            _ => StartSagaRequest {
+                saga_type: "publish_post".into(),
+                payload_json: json!({
+                    "user_id": pick(&self.users),
+                    "title": if n % 10 == 9 { String::new() } else { format!("Post {n}") },
+                    "body": "load",
+                })
+                .to_string(),
+                idempotency_key: String::new(),
+            },
+        }
+    }
+}
+
+/// Waits for sagas to end, fed by one WatchSagas stream.
+#[derive(Clone, Default)]
+struct Finish {
+    inner: Arc<Mutex<Waiting>>,
+}
+
+/// Sagas someone waits for, and sagas that ended before anyone waited.
+type Waiting = (HashMap<String, oneshot::Sender<()>>, HashSet<String>);
+
+impl Finish {
+    fn done(&self, id: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            match g.0.remove(id) {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                None => {
+                    g.1.insert(id.to_owned());
+                }
+            }
+        }
+    }
+
+    fn wait(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut g) = self.inner.lock() {
+            if g.1.remove(id) {
+                let _ = tx.send(());
+            } else {
+                g.0.insert(id.to_owned(), tx);
+            }
+        }
+        rx
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let orchestrator = Orchestrator::connect(&args.orchestrator, Duration::from_secs(30)).await?;
+    let grpc = SagaOrchestratorClient::connect(args.orchestrator.clone()).await?;
+    let orch_db = PgPool::connect(&args.orchestrator_db)
+        .await
+        .context("orchestrator database")?;
+    let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+
+    // The mixed workload needs existing users.
+    let mut workload = Workload {
+        mix: args.mix,
+        run: run.clone(),
+        users: vec![],
+        taken_emails: vec![],
+    };
+    if args.mix == Mix::Mixed {
+        let mut ids = vec![];
+        for i in 0..100 {
+            let email = format!("seed.{run}.{i}@example.com");
+            ids.push(
+                orchestrator
+                    .start(
+                        "register_user",
+                        json!({"email": email, "name": format!("Seed {run} {i}")}),
+                        "",
+                    )
+                    .await?,
+            );
+            workload.taken_emails.push(email);
+        }
+        for v in orchestrator.wait_terminal(&ids, Duration::from_secs(60)).await? {
+            let context: serde_json::Value = serde_json::from_str(&v.context_json)?;
+            workload
+                .users
+                .push(context["user_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let workload = Arc::new(workload);
+
+    let ticks = clock_ticks();
+    let before: BTreeMap<&str, (u64, u64, u64)> = PROCESSES.iter().map(|p| (*p, sample(p))).collect();
+    let self_before = sample_self();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let duration = Duration::from_secs_f64(args.duration);
+
+    match args.mode {
+        Mode::Open => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0u64;
+            while started.elapsed() < duration {
+                tick.tick().await;
+                let (mut c, w, tx, errors) = (grpc.clone(), workload.clone(), tx.clone(), errors.clone());
+                tokio::spawn(async move {
+                    match c.start_saga(w.request(n)).await {
+                        Ok(r) => {
+                            let _ = tx.send(r.into_inner().saga_id);
+                        }
+                        Err(e) => {
+                            if errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
+                                eprintln!("StartSaga failed: {e}");
+                            }
+                        }
+                    }
+                });
+                n += 1;
+            }
+        }
+        Mode::Closed => {
+            let finish = Finish::default();
+            let mut stream = grpc
+                .clone()
+                .watch_sagas(WatchSagasRequest::default())
+                .await?
+                .into_inner();
+            let f = finish.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(s)) = stream.next().await {
+                    if matches!(
+                        SagaState::try_from(s.state),
+                        Ok(SagaState::Completed | SagaState::Compensated | SagaState::Failed)
+                    ) {
+                        f.done(&s.saga_id);
+                    }
+                }
+            });
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut clients = vec![];
+            for _ in 0..args.clients {
+                let (mut c, w, tx, f, counter, errors) = (
+                    grpc.clone(),
+                    workload.clone(),
+                    tx.clone(),
+                    finish.clone(),
+                    counter.clone(),
+                    errors.clone(),
+                );
+                clients.push(tokio::spawn(async move {
+                    while started.elapsed() < duration {
+                        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match c.start_saga(w.request(n)).await {
+                            Ok(r) => {
+                                let id = r.into_inner().saga_id;
+                                let wait = f.wait(&id);
+                                let _ = tx.send(id);
+                                let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
+            for c in clients {
+                let _ = c.await;
+            }
+        }
+    }
+    let load_time = started.elapsed();
+    drop(tx);
+    let mut ids = vec![];
+    while let Some(id) = rx.recv().await {
+        ids.push(id);
+    }
+    let uuids: Vec<uuid::Uuid> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+
+    // Drain: every started saga must end.
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+    let mut terminal = 0i64;
+    while Instant::now() < drain_deadline {
+        terminal = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE id = ANY($1) AND state IN ('completed', 'compensated', 'failed')",
+        )
+        .bind(&uuids)
+        .fetch_one(&orch_db)
+        .await?;
+        if terminal == uuids.len() as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let finished = started.elapsed();
+    let after: BTreeMap<&str, (u64, u64, u64)> = PROCESSES.iter().map(|p| (*p, sample(p))).collect();
+    let self_after = sample_self();
+
+    let rows: Vec<(
+        String,
+        f64,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    )> = sqlx::query_as(
+        "SELECT state, extract(epoch FROM updated_at - created_at)::float8 * 1000, created_at, updated_at \
+         FROM sagas WHERE id = ANY($1) AND state IN ('completed', 'compensated', 'failed')",
+    )
+    .bind(&uuids)
+    .fetch_all(&orch_db)
+    .await?;
+    let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+    let mut latencies: Vec<f64> = Vec::with_capacity(rows.len());
+    let (mut first_start, mut last_end) = (None, None);
+    for (state, ms, created, updated) in &rows {
+        *by_state.entry(state.clone()).or_default() += 1;
+        latencies.push(*ms);
+        first_start = Some(first_start.map_or(*created, |f: chrono::DateTime<chrono::Utc>| f.min(*created)));
+        last_end = Some(last_end.map_or(*updated, |l: chrono::DateTime<chrono::Utc>| l.max(*updated)));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let span = match (first_start, last_end) {
+        (Some(a), Some(b)) => (b - a).num_milliseconds() as f64 / 1000.0,
+        _ => f64::NAN,
+    };
+
+    let what = match args.mode {
+        Mode::Open => format!(
+            "open loop, {} sagas/s offered for {:.0} s",
+            args.rate, args.duration
+        ),
+        Mode::Closed => format!("closed loop, {} clients for {:.0} s", args.clients, args.duration),
+    };
+    let mix = match args.mix {
+        Mix::Register => "register_user",
+        Mix::Mixed => "mixed (register, duplicate e-mail, publish, invalid title)",
+    };
+    println!("== load: {what}; {mix}");
+    println!(
+        "started {} in {:.1} s ({:.1}/s), StartSaga errors {}; terminal {} of {} ({}) {:.1} s after the first start",
+        ids.len(),
+        load_time.as_secs_f64(),
+        ids.len() as f64 / load_time.as_secs_f64(),
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        terminal,
+        uuids.len(),
+        by_state
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        finished.as_secs_f64()
+    );
+    println!(
+        "achieved throughput: {:.1} sagas/s (terminal sagas over first start → last end: {span:.1} s)",
+        rows.len() as f64 / span
+    );
+    println!(
+        "latency start→terminal ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    let http = reqwest::Client::new();
+    let mut lags = vec![];
+    for m in &args.metrics {
+        let Some((service, url)) = m.split_once('=') else {
+            continue;
+        };
+        if let Ok(r) = http.get(format!("{url}/metrics")).send().await
+            && let Ok(text) = r.text().await
+            && let Some(p99) = histogram_quantile(&text, "outbox_publish_lag_seconds", 0.99)
+        {
+            let p50 = histogram_quantile(&text, "outbox_publish_lag_seconds", 0.5).unwrap_or(f64::NAN);
+            lags.push(format!(
+                "{service} p50 {:.1} p99 {:.1}",
+                p50 * 1000.0,
+                p99 * 1000.0
+            ));
+        }
+    }
+    println!(
+        "outbox publish lag ms (since each service started): {}",
+        lags.join("; ")
+    );
+    let n = rows.len().max(1) as f64 / 1000.0;
+    let mut cpu = vec![];
+    let mut total = 0.0;
+    for p in PROCESSES {
+        let secs = (after[p].0.saturating_sub(before[p].0)) as f64 / ticks;
+        total += secs;
+        cpu.push(format!("{p} {:.2}", secs / n));
+    }
+    let own = (self_after.0.saturating_sub(self_before.0)) as f64 / ticks;
+    println!(
+        "CPU seconds per 1,000 sagas: {}; loadgen {:.2}; total {:.2}",
+        cpu.join("  "),
+        own / n,
+        (total + own) / n
+    );
+    println!(
+        "memory MiB: {}",
+        PROCESSES
+            .iter()
+            .map(|p| if *p == "postgres" {
+                format!("postgres PSS {:.0}", after[p].2 as f64 / 1024.0)
+            } else {
+                format!(
+                    "{p} peak RSS {:.0} (PSS now {:.0})",
+                    after[p].1 as f64 / 1024.0,
+                    after[p].2 as f64 / 1024.0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let all_terminal = terminal == uuids.len() as i64 && !uuids.is_empty();
+    let consistent = if args.no_audit {
+        println!(
+            "correctness: every saga terminal: {}; audit skipped",
+            yes(all_terminal)
+        );
+        true
+    } else {
+        let dbs = Databases {
+            orchestrator: orch_db.clone(),
+            users: PgPool::connect(&args.users_db).await?,
+            posts: PgPool::connect(&args.posts_db).await?,
+        };
+        let report = audit(&dbs).await?;
+        println!(
+            "correctness: every saga terminal: {}; databases consistent: {}{}",
+            yes(all_terminal),
+            yes(report.consistent()),
+            if report.consistent() {
+                String::new()
+            } else {
+                format!(" ({:?})", &report.violations[..report.violations.len().min(5)])
+            }
+        );
+        report.consistent()
+    };
+    if all_terminal && consistent {
+        Ok(())
+    } else {
+        anyhow::bail!("the run was not correct")
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "NO" }
+}
+
+/// This process's own CPU ticks.
+fn sample_self() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (num(14) + num(15), 0, 0)
+}

@@ -1,0 +1,100 @@
+//! A thin client over the orchestrator's gRPC API for tools: start, and wait until terminal.
+
+use std::time::{Duration, Instant};
+
+use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use saga_proto::v1::{GetSagaRequest, SagaEvent, SagaState, SagaView, StartSagaRequest};
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+pub struct Orchestrator {
+    client: SagaOrchestratorClient<Channel>,
+}
+
+impl Orchestrator {
+    /// Connects, retrying for up to `patience` while the orchestrator starts.
+    pub async fn connect(url: &str, patience: Duration) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match SagaOrchestratorClient::connect(url.to_owned()).await {
+                Ok(client) => return Ok(Self { client }),
+                Err(e) if Instant::now() >= deadline => {
+                    anyhow::bail!("the orchestrator at {url} is not reachable: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    pub async fn start(
+        &self,
+        saga_type: &str,
+        payload: serde_json::Value,
+        key: &str,
+    ) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .clone()
+            .start_saga(StartSagaRequest {
+                saga_type: saga_type.into(),
+                payload_json: payload.to_string(),
+                idempotency_key: key.into(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("StartSaga {saga_type}: {}: {}", s.code(), s.message()))?;
+        Ok(response.into_inner().saga_id)
+    }
+
+    /// The saga and its history.
+    pub async fn get_with_history(&self, id: &str) -> anyhow::Result<(SagaView, Vec<SagaEvent>)> {
+        let response = self
+            .client
+            .clone()
+            .get_saga(GetSagaRequest { saga_id: id.into() })
+            .await
+            .map_err(|s| anyhow::anyhow!("GetSaga {id}: {}: {}", s.code(), s.message()))?
+            .into_inner();
+        let view = response
+            .saga
+            .ok_or_else(|| anyhow::anyhow!("GetSaga {id}: empty response"))?;
+        Ok((view, response.history))
+    }
+
+    pub async fn get(&self, id: &str) -> anyhow::Result<SagaView> {
+        Ok(self.get_with_history(id).await?.0)
+    }
+
+    /// Polls until every saga is terminal, or `timeout`; returns the last views, in order.
+    pub async fn wait_terminal(&self, ids: &[String], timeout: Duration) -> anyhow::Result<Vec<SagaView>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views = futures::future::try_join_all(ids.iter().map(|id| self.get(id))).await?;
+            let open = views.iter().filter(|v| !is_terminal(v.state)).count();
+            if open == 0 {
+                return Ok(views);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{open} of {} sagas still running after {timeout:?}", ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        SagaState::try_from(state),
+        Ok(SagaState::Completed | SagaState::Compensated | SagaState::Failed)
+    )
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match SagaState::try_from(state) {
+        Ok(SagaState::Running) => "running",
+        Ok(SagaState::Compensating) => "compensating",
+        Ok(SagaState::Completed) => "completed",
+        Ok(SagaState::Compensated) => "compensated",
+        Ok(SagaState::Failed) => "failed",
+        _ => "unknown",
+    }
+}

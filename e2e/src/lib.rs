@@ -1,0 +1,539 @@
+//! The end-to-end harness: the orchestrator and both participant services running as in production
+//! (each with its own database, all on one broker under a test-unique topic prefix), started
+//! in-process so tests can stop and restart them, plus helpers to drive and inspect sagas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed unwrap is a failed test
+
+pub mod otlp;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use saga_bench::audit::{AuditReport, Databases, audit};
+use saga_bench::client::Orchestrator;
+use saga_orchestrator::clock::ShiftedClock;
+use saga_orchestrator::settings::Settings as OrchestratorSettings;
+use saga_orchestrator::startup::{Application, MIGRATOR as ORCHESTRATOR_MIGRATOR};
+use saga_participant::{Domain, ParticipantApp, ParticipantSettings, ServiceDefaults};
+use saga_proto::v1::{SagaEvent, SagaView};
+use saga_runtime::db::DatabaseSettings;
+use saga_runtime::kafka::KafkaSettings;
+use saga_runtime::testing::{fresh_database, kafka_settings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use user_service::UserRules;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+/// The operator credential the stack's orchestrator accepts (operator `ops`).
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token-000001";
+
+/// A service task and the token that stops it.
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: std::net::SocketAddr,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("service task")
+            .expect("service stopped cleanly");
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Options {
+    pub post_quota: Option<i32>,
+    /// Do not start user-service in-process (a test runs it as a process of its own).
+    pub external_users: bool,
+}
+
+/// The three services and their databases.
+pub struct Stack {
+    pub kafka: KafkaSettings,
+    /// The orchestrator's gRPC address, e.g. `http://127.0.0.1:40123`.
+    pub grpc_url: String,
+    /// The orchestrator's metrics/health address, e.g. `http://127.0.0.1:40124`.
+    pub http_url: String,
+    pub dbs: Databases,
+    pub users_url: String,
+    pub posts_url: String,
+    pub clock: Arc<ShiftedClock>,
+    pub client: Orchestrator,
+    rules: UserRules,
+    orchestrator: Option<Running>,
+    users: Option<Running>,
+    posts: Option<Running>,
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = saga_runtime::telemetry::init("test", saga_runtime::telemetry::LogFormat::Human);
+    }
+}
+
+async fn ready(mut assigned: watch::Receiver<usize>, what: &str) {
+    tokio::time::timeout(WAIT, assigned.wait_for(|n| *n > 0))
+        .await
+        .unwrap_or_else(|_| panic!("{what} never got its partitions"))
+        .expect("consumer alive");
+}
+
+fn participant_settings<R: ServiceDefaults + Default>(
+    kafka: &KafkaSettings,
+    url: &str,
+    rules: R,
+) -> ParticipantSettings<R> {
+    let defaults = ParticipantSettings::<R>::default();
+    ParticipantSettings {
+        database: DatabaseSettings::with_url(url),
+        kafka: kafka.clone(),
+        relay: saga_runtime::outbox::RelaySettings {
+            poll_interval_ms: 200,
+            ..defaults.relay.clone()
+        },
+        http: saga_runtime::http::HttpSettings::on("127.0.0.1:0"),
+        rules,
+        ..defaults
+    }
+}
+
+async fn spawn_participant<D: Domain, R>(
+    settings: ParticipantSettings<R>,
+    domain: D,
+    migrator: &'static sqlx::migrate::Migrator,
+) -> Running {
+    let app = ParticipantApp::build(&settings, domain, migrator)
+        .await
+        .expect("participant builds");
+    let http = app.http_addr();
+    let assigned = app.assigned();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    ready(assigned, "participant").await;
+    Running { shutdown, task, http }
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        init_logs();
+        let kafka = kafka_settings();
+        let (orchestrator_pool, orchestrator_url) = fresh_database(&ORCHESTRATOR_MIGRATOR).await;
+        let (users_pool, users_url) = fresh_database(&user_service::MIGRATOR).await;
+        let (posts_pool, posts_url) = fresh_database(&post_service::MIGRATOR).await;
+        let rules = UserRules {
+            default_post_quota: options
+                .post_quota
+                .unwrap_or(UserRules::default().default_post_quota),
+        };
+
+        let mut settings = OrchestratorSettings::default();
+        settings.grpc.listen = "127.0.0.1:0".into();
+        settings.http.listen = "127.0.0.1:0".into();
+        settings.database = DatabaseSettings::with_url(&orchestrator_url);
+        settings.kafka = kafka.clone();
+        settings.timers.interval_ms = 20;
+        settings.relay.poll_interval_ms = 200;
+        settings
+            .auth
+            .operators
+            .insert("ops".into(), secrecy::SecretString::from(OPERATOR_TOKEN));
+        let clock = Arc::new(ShiftedClock::default());
+        let app = Application::build_with_clock(settings, clock.clone())
+            .await
+            .expect("orchestrator builds");
+        let addr = app.grpc_addr();
+        let http = app.http_addr();
+        let assigned = app.reply_partitions();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let orchestrator = Running { shutdown, task, http };
+
+        let users = if options.external_users {
+            None
+        } else {
+            Some(
+                spawn_participant(
+                    participant_settings(&kafka, &users_url, rules.clone()),
+                    user_service::Users::new(rules.clone()),
+                    &user_service::MIGRATOR,
+                )
+                .await,
+            )
+        };
+        let posts = Some(
+            spawn_participant(
+                participant_settings(&kafka, &posts_url, post_service::PostRules::default()),
+                post_service::Posts,
+                &post_service::MIGRATOR,
+            )
+            .await,
+        );
+        ready(assigned, "orchestrator").await;
+
+        let url = format!("http://{addr}");
+        let client = Orchestrator::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("orchestrator reachable");
+        Stack {
+            kafka,
+            grpc_url: url,
+            http_url: format!("http://{http}"),
+            dbs: Databases {
+                orchestrator: orchestrator_pool,
+                users: users_pool,
+                posts: posts_pool,
+            },
+            users_url,
+            posts_url,
+            clock,
+            client,
+            rules,
+            orchestrator: Some(orchestrator),
+            users,
+            posts,
+        }
+    }
+
+    pub async fn stop_posts(&mut self) {
+        if let Some(p) = self.posts.take() {
+            p.stop().await;
+        }
+    }
+
+    pub async fn start_posts(&mut self) {
+        let settings = participant_settings(&self.kafka, &self.posts_url, post_service::PostRules::default());
+        self.posts = Some(spawn_participant(settings, post_service::Posts, &post_service::MIGRATOR).await);
+    }
+
+    pub async fn stop_users(&mut self) {
+        if let Some(u) = self.users.take() {
+            u.stop().await;
+        }
+    }
+
+    pub async fn start_users(&mut self) {
+        let settings = participant_settings(&self.kafka, &self.users_url, self.rules.clone());
+        self.users = Some(
+            spawn_participant(
+                settings,
+                user_service::Users::new(self.rules.clone()),
+                &user_service::MIGRATOR,
+            )
+            .await,
+        );
+    }
+
+    pub async fn register(&self, email: &str, name: &str) -> String {
+        self.client
+            .start("register_user", json!({"email": email, "name": name}), "")
+            .await
+            .expect("register_user starts")
+    }
+
+    pub async fn publish(&self, user_id: &str, title: &str) -> String {
+        self.client
+            .start(
+                "publish_post",
+                json!({"user_id": user_id, "title": title, "body": "text"}),
+                "",
+            )
+            .await
+            .expect("publish_post starts")
+    }
+
+    pub async fn finish(&self, ids: &[String]) -> Vec<SagaView> {
+        self.client.wait_terminal(ids, WAIT).await.expect("sagas finish")
+    }
+
+    pub async fn finish_one(&self, id: &str) -> SagaView {
+        self.finish(&[id.to_owned()]).await.remove(0)
+    }
+
+    /// A field of the saga's context (e.g. the generated `user_id`).
+    pub async fn context(&self, id: &str, field: &str) -> String {
+        let view = self.client.get(id).await.expect("saga exists");
+        let context: Value = serde_json::from_str(&view.context_json).expect("context is JSON");
+        context[field].as_str().expect("field present").to_owned()
+    }
+
+    pub async fn history(&self, id: &str) -> Vec<SagaEvent> {
+        self.client.get_with_history(id).await.expect("GetSaga").1
+    }
+
+    /// Polls the history until an event matches.
+    pub async fn wait_event(&self, id: &str, what: &str, matches: impl Fn(&SagaEvent) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.history(id).await.iter().any(&matches) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "saga {id}: never saw {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Parks `n` register_user sagas as failed, the way it happens in production: each new user's
+    /// pen name is taken, so CreateAuthor is refused, and the user service is away for longer than
+    /// the DeleteUser compensation's retry budget (time is moved forward instead of waited out).
+    /// The user service is running again afterwards. Returns the parked sagas' ids.
+    pub async fn park_register_sagas(&mut self, n: usize) -> Vec<String> {
+        let taken = self.register("taken@example.com", "Taken").await;
+        self.finish_one(&taken).await;
+        self.stop_posts().await;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(self.register(&format!("parked{i}@example.com"), "taken").await);
+        }
+        for id in &ids {
+            self.wait_event(id, "CreateAuthor dispatched", |e| {
+                e.kind == "command_dispatched" && e.data_json.contains("CreateAuthor")
+            })
+            .await;
+        }
+        self.stop_users().await;
+        self.start_posts().await;
+        // Every CreateAuthor refused, every DeleteUser waiting: only now may time jump, or steps
+        // still being processed would time out and take another (legitimate) path.
+        let waiting =
+            "SELECT count(*) FROM sagas WHERE state = 'compensating' AND current_step = 'create_user'";
+        let deadline = Instant::now() + WAIT;
+        while Self::scalar(&self.dbs.orchestrator, waiting).await < n as i64 {
+            assert!(
+                Instant::now() < deadline,
+                "CreateAuthor was not refused for every saga"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let parked = "SELECT count(*) FROM sagas WHERE state = 'failed'";
+        for _ in 0..200 {
+            if Self::scalar(&self.dbs.orchestrator, parked).await == n as i64 {
+                break;
+            }
+            self.clock.advance(chrono::TimeDelta::seconds(70)); // past a deadline or a backoff
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(
+            Self::scalar(&self.dbs.orchestrator, parked).await,
+            n as i64,
+            "sagas never parked"
+        );
+        self.start_users().await;
+        ids
+    }
+
+    /// The metrics/health address of the running user service, if it runs in-process.
+    pub fn users_http_url(&self) -> Option<String> {
+        self.users.as_ref().map(|r| format!("http://{}", r.http))
+    }
+
+    pub async fn audit(&self) -> AuditReport {
+        audit(&self.dbs).await.expect("audit runs")
+    }
+
+    pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(pool).await.expect("query")
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_users().await;
+        self.stop_posts().await;
+        if let Some(o) = self.orchestrator.take() {
+            o.stop().await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for r in [&self.orchestrator, &self.users, &self.posts]
+            .into_iter()
+            .flatten()
+        {
+            r.shutdown.cancel();
+        }
+    }
+}
+
+/// The data of a history event.
+pub fn data(e: &SagaEvent) -> Value {
+    serde_json::from_str(&e.data_json).expect("event data is JSON")
+}
+
+/// The (step, phase) of every command the saga dispatched, in order.
+pub fn dispatched(history: &[SagaEvent]) -> Vec<(u64, String)> {
+    history
+        .iter()
+        .filter(|e| e.kind == "command_dispatched")
+        .map(|e| {
+            let d = data(e);
+            (
+                d["step"].as_u64().expect("event has a step"),
+                d["phase"].as_str().expect("event has a phase").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A service running as a process of its own: the test binary re-executes itself into the ignored
+/// test `processes::service_process`, which runs the service's real `serve` (what its binary runs),
+/// configured by `APP_…` and `OTEL_…` variables.
+pub struct ServiceProcess {
+    pub name: &'static str,
+    child: std::process::Child,
+}
+
+impl ServiceProcess {
+    pub fn spawn(name: &'static str, env: &[(String, String)]) -> Self {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary path"));
+        cmd.args([
+            "--exact",
+            "processes::service_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("E2E_SERVICE", name)
+        .env("APP_HTTP__LISTEN", "127.0.0.1:0")
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if std::env::var_os("CHILD_LOG").is_none() {
+            cmd.stdout(std::process::Stdio::null());
+        }
+        Self {
+            name,
+            child: cmd.spawn().expect("spawn service process"),
+        }
+    }
+
+    /// `APP_KAFKA__…` variables for `kafka` (brokers, prefix, consumer overrides).
+    pub fn kafka_env(kafka: &KafkaSettings) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("APP_KAFKA__BROKERS".to_owned(), kafka.brokers.clone()),
+            ("APP_KAFKA__TOPIC_PREFIX".to_owned(), kafka.topic_prefix.clone()),
+            ("APP_RELAY__POLL_INTERVAL_MS".to_owned(), "200".to_owned()),
+        ];
+        for (k, v) in &kafka.consumer {
+            env.push((
+                format!("APP_KAFKA__CONSUMER__{}", k.replace('.', "_").to_uppercase()),
+                v.clone(),
+            ));
+        }
+        env
+    }
+
+    /// SIGKILL: no chance to flush, leave the group or commit offsets.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; SIGKILL if it does not come.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A scrape of a Prometheus `/metrics` page.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    series: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub async fn scrape(base_url: &str) -> Self {
+        let text = reqwest::get(format!("{base_url}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        Self::parse(&text)
+    }
+
+    /// Parses the text exposition format (`name{k="v",…} value` lines; comments skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut series = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let (name, labels) = match key.split_once('{') {
+                Some((name, rest)) => {
+                    let body = rest.trim_end_matches('}');
+                    let labels = body
+                        .split("\",")
+                        .filter_map(|kv| kv.split_once("=\""))
+                        .map(|(k, v)| (k.to_owned(), v.trim_end_matches('"').to_owned()))
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+                None => (key.to_owned(), BTreeMap::new()),
+            };
+            series.push((name, labels, value));
+        }
+        Self { series }
+    }
+
+    /// The sum over the series of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.series.iter().any(|(n, _, _)| n == name)
+    }
+}

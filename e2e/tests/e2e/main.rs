@@ -1,0 +1,10 @@
+//! End-to-end: the orchestrator and both participants on real PostgreSQL and a real broker.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod consistency;
+mod dashboard;
+mod failures;
+mod observability;
+mod paths;
+mod processes;

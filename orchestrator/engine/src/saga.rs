@@ -1,0 +1,364 @@
+//! The state of one saga: its own state, and per step the state of the action and of the compensation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// A saga's id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SagaId(Uuid);
+
+impl SagaId {
+    /// A fresh time-ordered id.
+    pub fn new_v7() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// A 64-bit digest used to seed jitter.
+    pub(crate) fn seed(&self) -> u64 {
+        let (hi, lo) = self.0.as_u64_pair();
+        hi ^ lo.rotate_left(17)
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a string is not a saga id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a saga id (expected a UUID such as 0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b)")]
+pub struct SagaIdError(String);
+
+impl FromStr for SagaId {
+    type Err = SagaIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let shown: String = s.chars().take(64).collect();
+        Uuid::parse_str(s.trim())
+            .map(Self)
+            .map_err(|_| SagaIdError(shown))
+    }
+}
+
+/// Whether a command drives a step forward or undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Action,
+    Compensation,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Action => "action",
+            Phase::Compensation => "compensation",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    /// Parked for an operator: a compensation spent its budget, or the saga cannot move past a
+    /// pivot. Never dropped; only an operator action moves it on.
+    Failed,
+}
+
+impl SagaState {
+    pub const ALL: [SagaState; 5] = [
+        SagaState::Running,
+        SagaState::Compensating,
+        SagaState::Completed,
+        SagaState::Compensated,
+        SagaState::Failed,
+    ];
+
+    /// No further input moves the saga without an operator.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SagaState::Completed | SagaState::Compensated | SagaState::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Running => "running",
+            SagaState::Compensating => "compensating",
+            SagaState::Completed => "completed",
+            SagaState::Compensated => "compensated",
+            SagaState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for SagaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SagaState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown saga state `{s}`"))
+    }
+}
+
+/// Where one phase (action or compensation) of a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseStatus {
+    /// Not sent yet (or, for a compensation, not needed yet).
+    Pending,
+    /// An attempt was sent and its reply is awaited until `deadline`.
+    InFlight,
+    /// The last attempt failed technically or missed its deadline; the next goes out at `retry_at`.
+    RetryScheduled,
+    Succeeded,
+    /// The action was refused by a business rule: nothing was applied, nothing to undo.
+    Rejected,
+    /// The action gave up without a definite answer (retries spent, or the saga was aborted while it
+    /// was in flight). It may have been applied, so it is compensated like a succeeded one.
+    Abandoned,
+    /// The compensation spent its retry budget; the saga is parked as failed.
+    Exhausted,
+}
+
+impl PhaseStatus {
+    /// Sent and not finished.
+    pub fn is_active(self) -> bool {
+        matches!(self, PhaseStatus::InFlight | PhaseStatus::RetryScheduled)
+    }
+}
+
+/// One phase of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub status: PhaseStatus,
+    /// Attempts sent so far; the current attempt's number while active.
+    pub attempt: u32,
+    /// The attempt number at which the current retry budget started: 0 at first, the attempt
+    /// count when an operator replayed or retried the phase. The policy's `max_attempts` counts
+    /// attempts after it, while attempt numbers keep growing (so old attempts stay stale).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_from: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Reply deadline of the in-flight attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// When the next attempt goes out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The participant's reply payload on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Value>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl PhaseRecord {
+    pub fn pending() -> Self {
+        Self {
+            status: PhaseStatus::Pending,
+            attempt: 0,
+            budget_from: 0,
+            started_at: None,
+            finished_at: None,
+            deadline: None,
+            retry_at: None,
+            last_error: None,
+            reply: None,
+        }
+    }
+
+    /// The moment this phase needs the engine again, if any.
+    pub fn wake_at(&self) -> Option<DateTime<Utc>> {
+        match self.status {
+            PhaseStatus::InFlight => self.deadline,
+            PhaseStatus::RetryScheduled => self.retry_at,
+            _ => None,
+        }
+    }
+}
+
+/// One step of a saga. `compensation` is `None` exactly when the definition's step is a pivot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub action: PhaseRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<PhaseRecord>,
+}
+
+impl StepRecord {
+    pub fn phase(&self, phase: Phase) -> Option<&PhaseRecord> {
+        match phase {
+            Phase::Action => Some(&self.action),
+            Phase::Compensation => self.compensation.as_ref(),
+        }
+    }
+
+    pub(crate) fn phase_mut(&mut self, phase: Phase) -> Option<&mut PhaseRecord> {
+        match phase {
+            Phase::Action => Some(&mut self.action),
+            Phase::Compensation => self.compensation.as_mut(),
+        }
+    }
+
+    /// The action may have taken effect, so undoing it is owed (if the step can be undone).
+    pub fn owes_compensation(&self) -> bool {
+        self.compensation.is_some()
+            && matches!(
+                self.action.status,
+                PhaseStatus::Succeeded | PhaseStatus::Abandoned
+            )
+    }
+}
+
+/// A saga instance: what the store persists and `decide` transforms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saga {
+    pub id: SagaId,
+    pub saga_type: String,
+    pub definition_version: u32,
+    pub state: SagaState,
+    /// Input fields, generated ids, and every successful action's reply payload merged in.
+    pub context: Map<String, Value>,
+    pub steps: Vec<StepRecord>,
+    /// Why the saga is compensating, compensated or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Saga {
+    /// The (step, phase) that has been sent and not finished. The engine keeps at most one.
+    pub fn active_phase(&self) -> Option<(usize, Phase)> {
+        self.steps.iter().enumerate().find_map(|(i, s)| {
+            if s.action.status.is_active() {
+                Some((i, Phase::Action))
+            } else if s.compensation.as_ref().is_some_and(|c| c.status.is_active()) {
+                Some((i, Phase::Compensation))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// When the engine must be woken for this saga (a deadline or a retry), if ever.
+    pub fn wake_at(&self) -> Option<DateTime<Utc>> {
+        self.steps
+            .iter()
+            .flat_map(|s| [Some(&s.action), s.compensation.as_ref()])
+            .flatten()
+            .filter_map(PhaseRecord::wake_at)
+            .min()
+    }
+
+    /// The step the saga is working on or stopped at: the active one; for a parked saga the
+    /// compensation that ran out of attempts, else the step that failed; for a compensated saga the
+    /// step that failed. `None` once completed.
+    pub fn current_step(&self) -> Option<usize> {
+        if let Some((i, _)) = self.active_phase() {
+            return Some(i);
+        }
+        let failed_forward = || {
+            self.steps
+                .iter()
+                .rposition(|s| matches!(s.action.status, PhaseStatus::Rejected | PhaseStatus::Abandoned))
+        };
+        let exhausted = || {
+            self.steps.iter().position(|s| {
+                s.compensation
+                    .as_ref()
+                    .is_some_and(|c| c.status == PhaseStatus::Exhausted)
+            })
+        };
+        match self.state {
+            SagaState::Completed => None,
+            SagaState::Running => self
+                .steps
+                .iter()
+                .position(|s| s.action.status != PhaseStatus::Succeeded),
+            SagaState::Compensating | SagaState::Failed => exhausted().or_else(failed_forward),
+            SagaState::Compensated => failed_forward(),
+        }
+    }
+
+    /// True when some pivot step has succeeded, after which the saga can only go forward.
+    pub fn past_pivot(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.compensation.is_none() && s.action.status == PhaseStatus::Succeeded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saga_id_parses_and_rejects_garbage() {
+        let id = SagaId::new_v7();
+        assert_eq!(id.to_string().parse::<SagaId>(), Ok(id));
+        let err = "not-a-uuid".parse::<SagaId>().unwrap_err();
+        assert!(err.to_string().contains("`not-a-uuid` is not a saga id"));
+        let long = "x".repeat(500);
+        assert!(
+            long.parse::<SagaId>().unwrap_err().to_string().len() < 200,
+            "echo is bounded"
+        );
+    }
+
+    #[test]
+    fn state_round_trips_through_text() {
+        for s in SagaState::ALL {
+            assert_eq!(s.as_str().parse::<SagaState>(), Ok(s));
+            assert_eq!(
+                serde_json::to_value(s).ok(),
+                Some(Value::String(s.as_str().into()))
+            );
+        }
+        assert!("done".parse::<SagaState>().is_err());
+        assert!(SagaState::Failed.is_terminal() && !SagaState::Compensating.is_terminal());
+    }
+}

@@ -1,0 +1,526 @@
+//! `sagactl`: the command-line client of the saga orchestrator.
+//!
+//! Reads (`get`, `list`, `watch`) and `start` work without a credential unless the server protects
+//! them; the operator actions (`replay`, `retry`, `abort`) need an operator token
+//! (`--token` or `SAGACTL_TOKEN`). Output is a human table by default, JSON with `--output json`
+//! (JSON lines for `watch` and bulk `replay`). Exit codes are listed in `sagactl --help`.
+
+mod output;
+mod when;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use saga_proto::v1 as pb;
+use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use serde_json::Value;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success (watch: the saga completed or was compensated)
+  1  unexpected error
+  2  bad command line
+  3  the orchestrator is unreachable or unavailable
+  4  no such saga
+  5  invalid argument (the message names it)
+  6  the action does not apply to the saga as it is now (e.g. replaying a running saga)
+  7  missing, unknown or insufficient credential (use --token or SAGACTL_TOKEN)
+  8  watch: the saga ended failed, parked for an operator";
+
+#[derive(Parser)]
+#[command(name = "sagactl", version, about = "Start, inspect and operate sagas", after_help = EXIT_CODES)]
+struct Cli {
+    /// The orchestrator's gRPC address.
+    #[arg(
+        long,
+        env = "SAGACTL_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// Bearer token: an operator's for replay, retry and abort.
+    #[arg(long, env = "SAGACTL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a saga, e.g. `sagactl start register_user --payload '{"email":"a@b.co","name":"Ann"}'`.
+    Start {
+        saga_type: String,
+        /// The input as a JSON object.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Idempotency key: repeating the command never starts a second saga.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Show one saga: its steps, forward and compensation side by side, and its history.
+    Get { saga_id: String },
+    /// List sagas, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Most sagas to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Follow a saga, printing every change, until it ends (or forever with --follow).
+    Watch {
+        saga_id: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Replay the compensation of a parked saga, or of every failed saga matching the filters.
+    Replay {
+        /// One saga; leave out to select by filters.
+        saga_id: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Select every failed saga (needed when no saga id and no filter is given).
+        #[arg(long)]
+        all_failed: bool,
+        /// Why: recorded in each saga's history.
+        #[arg(long)]
+        reason: String,
+        /// Show what would be sent; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Sagas replayed per second (bulk); the server's default when left out.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Most sagas to replay (bulk).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Send a step of a parked saga again (one whose outcome is unknown), instead of compensating.
+    Retry {
+        saga_id: String,
+        /// The step index; the step the saga stopped at when left out.
+        #[arg(long)]
+        step: Option<u32>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Stop a running saga and compensate what it did.
+    Abort {
+        saga_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+#[derive(Args, Default)]
+struct FilterArgs {
+    /// Saga type, e.g. register_user.
+    #[arg(long = "type")]
+    saga_type: Option<String>,
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    /// The step sagas are at or stopped at, e.g. create_post.
+    #[arg(long)]
+    step: Option<String>,
+    /// Created at or after TIME (RFC 3339, HH:MM today UTC, or an age like 2h).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Created before TIME.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Last changed at or after TIME.
+    #[arg(long, value_name = "TIME")]
+    updated_since: Option<String>,
+    /// Last changed before TIME.
+    #[arg(long, value_name = "TIME")]
+    updated_until: Option<String>,
+    /// Leading hex digits of the saga id.
+    #[arg(long)]
+    id_prefix: Option<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl FilterArgs {
+    fn is_empty(&self) -> bool {
+        self.saga_type.is_none()
+            && self.state.is_none()
+            && self.step.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.updated_since.is_none()
+            && self.updated_until.is_none()
+            && self.id_prefix.is_none()
+            && self.key.is_none()
+    }
+
+    fn to_pb(&self) -> Result<pb::SagaFilter, Failure> {
+        let now = chrono::Utc::now();
+        let at = |arg: &Option<String>| -> Result<Option<prost_types::Timestamp>, Failure> {
+            arg.as_deref()
+                .map(|a| {
+                    when::parse(a, now)
+                        .map(|t| prost_types::Timestamp {
+                            seconds: t.timestamp(),
+                            nanos: t.timestamp_subsec_nanos() as i32,
+                        })
+                        .map_err(Failure::Usage)
+                })
+                .transpose()
+        };
+        let state = self.state.map_or(pb::SagaState::Unspecified, |s| match s {
+            StateArg::Running => pb::SagaState::Running,
+            StateArg::Compensating => pb::SagaState::Compensating,
+            StateArg::Completed => pb::SagaState::Completed,
+            StateArg::Compensated => pb::SagaState::Compensated,
+            StateArg::Failed => pb::SagaState::Failed,
+        });
+        Ok(pb::SagaFilter {
+            saga_type: self.saga_type.clone().unwrap_or_default(),
+            state: state as i32,
+            current_step: self.step.clone().unwrap_or_default(),
+            created_after: at(&self.since)?,
+            created_before: at(&self.until)?,
+            updated_after: at(&self.updated_since)?,
+            updated_before: at(&self.updated_until)?,
+            id_prefix: self.id_prefix.clone().unwrap_or_default(),
+            idempotency_key: self.key.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Why sagactl stops, and with which exit code.
+enum Failure {
+    Unreachable(String),
+    Status(Status),
+    Usage(String),
+    SagaFailed,
+    Other(String),
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+impl Failure {
+    fn exit(self, server: &str) -> ExitCode {
+        let (code, message) = match self {
+            Failure::Unreachable(why) => (
+                3,
+                format!(
+                    "cannot reach the orchestrator at {server}: {why} (is it running? see --server / SAGACTL_SERVER)"
+                ),
+            ),
+            Failure::Status(s) => {
+                let code = match s.code() {
+                    Code::Unavailable | Code::DeadlineExceeded => 3,
+                    Code::NotFound => 4,
+                    Code::InvalidArgument | Code::OutOfRange => 5,
+                    Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 6,
+                    Code::Unauthenticated | Code::PermissionDenied => 7,
+                    _ => 1,
+                };
+                (code, s.message().to_owned())
+            }
+            Failure::Usage(m) => (2, m),
+            Failure::SagaFailed => return ExitCode::from(8),
+            Failure::Other(m) => (1, m),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = SagaOrchestratorClient<InterceptedService<Channel, Bearer>>;
+
+async fn connect(server: &str, token: Option<&str>) -> Result<Client, Failure> {
+    let bearer = token
+        .map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Failure::Usage("--token: must be printable ASCII".into()))
+        })
+        .transpose()?;
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| Failure::Usage(format!("--server: `{server}` is not a URL: {e}")))?
+        .connect_timeout(Duration::from_secs(3));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = s.to_string();
+            source = s.source();
+        }
+        Failure::Unreachable(why)
+    })?;
+    Ok(SagaOrchestratorClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn is_terminal(state: i32) -> bool {
+    matches!(
+        pb::SagaState::try_from(state),
+        Ok(pb::SagaState::Completed | pb::SagaState::Compensated | pb::SagaState::Failed)
+    )
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let json = cli.output == Format::Json;
+    let mut c = connect(&cli.server, cli.token.as_deref()).await?;
+    match cli.command {
+        Command::Start {
+            saga_type,
+            payload,
+            key,
+        } => {
+            let r = c
+                .start_saga(pb::StartSagaRequest {
+                    saga_type: saga_type.clone(),
+                    payload_json: payload,
+                    idempotency_key: key.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"saga_id": r.saga_id, "created": r.created}));
+            } else if r.created {
+                println!("started {} ({saga_type})", r.saga_id);
+            } else {
+                println!(
+                    "already started {} ({saga_type}, same idempotency key and request)",
+                    r.saga_id
+                );
+            }
+        }
+        Command::Get { saga_id } => {
+            let r = c.get_saga(pb::GetSagaRequest { saga_id }).await?.into_inner();
+            let view = r.saga.ok_or_else(|| Failure::Other("empty response".into()))?;
+            if json {
+                let mut v = output::saga_json(&view);
+                v["history"] = r.history.iter().map(output::event_json).collect();
+                print_json(&v);
+            } else {
+                print!("{}", output::saga_text(&view, &r.history));
+            }
+        }
+        Command::List { filter, limit } => {
+            let filter = filter.to_pb()?;
+            let mut sagas = Vec::new();
+            let mut token = String::new();
+            while (sagas.len() as u32) < limit {
+                let page = c
+                    .list_sagas(pb::ListSagasRequest {
+                        filter: Some(filter.clone()),
+                        page_size: (limit - sagas.len() as u32).min(500),
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                sagas.extend(page.sagas);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if json {
+                print_json(&Value::Array(sagas.iter().map(output::summary_json).collect()));
+            } else {
+                println!("{}", output::list_text(&sagas));
+            }
+        }
+        Command::Watch { saga_id, follow } => {
+            let mut stream = c.watch_saga(pb::WatchSagaRequest { saga_id }).await?.into_inner();
+            while let Some(next) = stream.next().await {
+                let v = next?;
+                if json {
+                    print_json(&output::saga_json(&v));
+                } else {
+                    let mut line = format!(
+                        "{}  {:<12}",
+                        output::time(v.updated_at.as_ref()),
+                        output::state(v.state)
+                    );
+                    if !v.current_step.is_empty() {
+                        line += &format!(" step {}", v.current_step);
+                    }
+                    if !v.failure_reason.is_empty() {
+                        line += &format!("  ({})", v.failure_reason);
+                    }
+                    println!("{line}");
+                }
+                if is_terminal(v.state) && !follow {
+                    return if v.state == pb::SagaState::Failed as i32 {
+                        Err(Failure::SagaFailed)
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            return Err(Failure::Unreachable("the watch stream ended".into()));
+        }
+        Command::Replay {
+            saga_id: Some(id),
+            filter,
+            all_failed,
+            reason,
+            dry_run,
+            rate,
+            limit,
+        } => {
+            if !filter.is_empty() || all_failed || rate.is_some() || limit.is_some() {
+                return Err(Failure::Usage(
+                    "give either a saga id, or filters (--type, --step, --since, …) for a bulk replay, not both".into(),
+                ));
+            }
+            let r = c
+                .replay_compensation(pb::ReplayCompensationRequest {
+                    saga_id: id,
+                    reason,
+                    dry_run,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&output::replay_json(&r));
+            } else {
+                println!("{}", output::replay_text(&r));
+            }
+        }
+        Command::Replay {
+            saga_id: None,
+            filter,
+            all_failed,
+            reason,
+            dry_run,
+            rate,
+            limit,
+        } => {
+            if filter.is_empty() && !all_failed {
+                return Err(Failure::Usage(
+                    "a bulk replay needs filters (--type, --step, --since, …) or --all-failed".into(),
+                ));
+            }
+            let mut stream = c
+                .replay_compensations(pb::ReplayCompensationsRequest {
+                    filter: Some(filter.to_pb()?),
+                    reason,
+                    dry_run,
+                    rate_per_second: rate.unwrap_or(0.0),
+                    limit: limit.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            while let Some(next) = stream.next().await {
+                let r = next?;
+                *counts.entry(output::replay_outcome(r.outcome)).or_default() += 1;
+                if json {
+                    print_json(&output::replay_json(&r));
+                } else {
+                    println!("{}", output::replay_text(&r));
+                }
+            }
+            if !json {
+                let total: usize = counts.values().sum();
+                let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                println!(
+                    "{total} saga(s){}{}",
+                    if parts.is_empty() { "" } else { ": " },
+                    parts.join(", ")
+                );
+            }
+        }
+        Command::Retry {
+            saga_id,
+            step,
+            reason,
+        } => {
+            let r = c
+                .retry_step(pb::RetryStepRequest {
+                    saga_id,
+                    step_index: step,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            acted("retried", &r, json);
+        }
+        Command::Abort { saga_id, reason } => {
+            let r = c
+                .abort_saga(pb::AbortSagaRequest { saga_id, reason })
+                .await?
+                .into_inner();
+            acted("aborted", &r, json);
+        }
+    }
+    Ok(())
+}
+
+fn acted(verb: &str, r: &pb::OperatorActionResponse, json: bool) {
+    let Some(v) = &r.saga else { return };
+    if json {
+        let mut out = output::saga_json(v);
+        out["commands"] = r.commands.iter().map(output::command_json).collect();
+        print_json(&out);
+    } else {
+        println!(
+            "{verb} {}: now {}; sent {}",
+            v.saga_id,
+            output::state(v.state),
+            output::commands_text(&r.commands)
+        );
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = cli.server.clone();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit(&server),
+    }
+}

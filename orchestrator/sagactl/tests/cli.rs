@@ -1,0 +1,370 @@
+//! The real `sagactl` binary against the real stack: output, JSON and exit codes, and the operator
+//! scenarios (a parked saga replayed; a bulk replay of 200 parked sagas with a rate limit).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use saga_e2e::{OPERATOR_TOKEN, Stack};
+use saga_proto::v1::SagaState;
+use serde_json::Value;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs sagactl against `server`, with an operator token when `token` is set.
+async fn sagactl(server: &str, token: Option<&str>, args: &[&str]) -> Out {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"));
+    cmd.args(args)
+        .env("SAGACTL_SERVER", server)
+        .env_remove("SAGACTL_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SAGACTL_TOKEN", t);
+    }
+    let out = cmd.output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn start_get_list_and_watch_print_what_happened_and_exit_cleanly() {
+    let stack = Stack::start().await;
+    let url = stack.grpc_url.as_str();
+    let payload = r#"{"email":"cli@example.com","name":"Cli User"}"#;
+
+    let out = sagactl(
+        url,
+        None,
+        &["start", "register_user", "--payload", payload, "--key", "cli-1"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out
+        .stdout
+        .trim()
+        .strip_prefix("started ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let again = sagactl(
+        url,
+        None,
+        &[
+            "-o",
+            "json",
+            "start",
+            "register_user",
+            "--payload",
+            payload,
+            "--key",
+            "cli-1",
+        ],
+    )
+    .await;
+    assert_eq!(again.json(), serde_json::json!({"saga_id": id, "created": false}));
+
+    let watch = sagactl(url, None, &["watch", &id]).await;
+    assert_eq!(watch.code, 0, "{}", watch.stderr);
+    assert!(
+        watch.stdout.lines().last().unwrap().contains("completed"),
+        "{}",
+        watch.stdout
+    );
+
+    let get = sagactl(url, None, &["get", &id]).await;
+    assert_eq!(get.code, 0);
+    for needle in [
+        "state    completed",
+        "create_user",
+        "CreateAuthor · succeeded · attempt 1",
+        "DeleteUser · pending",
+        "saga_completed",
+    ] {
+        assert!(
+            get.stdout.contains(needle),
+            "missing `{needle}` in:\n{}",
+            get.stdout
+        );
+    }
+    let doc = sagactl(url, None, &["-o", "json", "get", &id]).await.json();
+    assert_eq!(doc["state"], "completed");
+    assert_eq!(doc["steps"][1]["action"]["command"], "CreateAuthor");
+    assert_eq!(
+        doc["history"].as_array().unwrap().last().unwrap()["kind"],
+        "saga_completed"
+    );
+
+    let listed = sagactl(
+        url,
+        None,
+        &[
+            "-o",
+            "json",
+            "list",
+            "--type",
+            "register_user",
+            "--state",
+            "completed",
+            "--since",
+            "1h",
+        ],
+    )
+    .await;
+    let ids: Vec<_> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["saga_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![id.clone()]);
+    let table = sagactl(url, None, &["list", "--key", "cli-1"]).await;
+    assert!(
+        table.stdout.contains(&id) && table.stdout.ends_with("1 saga(s)\n"),
+        "{}",
+        table.stdout
+    );
+
+    // Errors: precise message on stderr, documented exit code.
+    let missing = sagactl(url, None, &["get", "01a20000-0000-7000-8000-000000000000"]).await;
+    assert_eq!(
+        (missing.code, missing.stderr.trim()),
+        (4, "error: no saga 01a20000-0000-7000-8000-000000000000")
+    );
+    let bad = sagactl(url, None, &["get", "nope"]).await;
+    assert_eq!(bad.code, 5);
+    assert!(
+        bad.stderr.contains("saga_id: `nope` is not a saga id"),
+        "{}",
+        bad.stderr
+    );
+    let unknown = sagactl(url, None, &["start", "nope"]).await;
+    assert_eq!(unknown.code, 5);
+    assert!(unknown.stderr.contains("saga_type: unknown saga type `nope`"));
+    let when = sagactl(url, None, &["list", "--since", "yesterday"]).await;
+    assert_eq!(when.code, 2);
+    assert!(when.stderr.contains("`yesterday` is not a time"));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn operator_commands_need_a_token_and_say_why_they_cannot_act() {
+    let stack = Stack::start().await;
+    let url = stack.grpc_url.as_str();
+    let id = stack.register("op@example.com", "Op").await;
+    stack.finish_one(&id).await;
+
+    let no_token = sagactl(url, None, &["abort", &id, "--reason", "test"]).await;
+    assert_eq!(no_token.code, 7);
+    assert!(
+        no_token.stderr.contains("operator actions need"),
+        "{}",
+        no_token.stderr
+    );
+    let bad_token = sagactl(
+        url,
+        Some("not-the-right-token-at-all"),
+        &["abort", &id, "--reason", "test"],
+    )
+    .await;
+    assert_eq!(
+        (bad_token.code, bad_token.stderr.trim()),
+        (7, "error: authorization: unknown credential")
+    );
+    let done = sagactl(url, Some(OPERATOR_TOKEN), &["abort", &id, "--reason", "test"]).await;
+    assert_eq!(
+        (done.code, done.stderr.trim()),
+        (
+            6,
+            "error: only a running saga can be aborted; this one is completed"
+        )
+    );
+    let replay = sagactl(url, Some(OPERATOR_TOKEN), &["replay", &id, "--reason", "test"]).await;
+    assert_eq!(replay.code, 6);
+    let bulk = sagactl(url, Some(OPERATOR_TOKEN), &["replay", "--reason", "test"]).await;
+    assert_eq!(bulk.code, 2, "a bulk replay without filters must be explicit");
+    let no_reason = sagactl(url, Some(OPERATOR_TOKEN), &["abort", &id, "--reason", ""]).await;
+    assert_eq!(no_reason.code, 5);
+
+    let unreachable = sagactl("http://127.0.0.1:1", None, &["list"]).await;
+    assert_eq!(unreachable.code, 3);
+    assert!(
+        unreachable
+            .stderr
+            .starts_with("error: cannot reach the orchestrator at http://127.0.0.1:1"),
+        "{}",
+        unreachable.stderr
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_saga_parked_while_a_participant_was_away_is_replayed_to_compensated() {
+    let mut stack = Stack::start().await;
+    let ids = stack.park_register_sagas(1).await;
+    let id = &ids[0];
+    let url = stack.grpc_url.clone();
+    let view = stack.client.get(id).await.unwrap();
+    assert!(
+        view.failure_reason
+            .starts_with("compensation of step `create_user` failed 10 times"),
+        "{}",
+        view.failure_reason
+    );
+
+    let dry = sagactl(
+        &url,
+        Some(OPERATOR_TOKEN),
+        &["replay", id, "--reason", "user-service is back", "--dry-run"],
+    )
+    .await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("would replay: DeleteUser (step 0 `create_user`, compensation, attempt 11)"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        stack.client.get(id).await.unwrap().state,
+        SagaState::Failed as i32,
+        "a dry run changes nothing"
+    );
+
+    let out = sagactl(
+        &url,
+        Some(OPERATOR_TOKEN),
+        &["replay", id, "--reason", "user-service is back"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("replayed"), "{}", out.stdout);
+    let watch = sagactl(&url, None, &["watch", id]).await;
+    assert_eq!(watch.code, 0, "{}{}", watch.stdout, watch.stderr);
+    assert!(watch.stdout.lines().last().unwrap().contains("compensated"));
+
+    let history = stack.history(id).await;
+    let replayed = history
+        .iter()
+        .find(|e| e.kind == "compensation_replayed")
+        .unwrap();
+    assert_eq!(replayed.actor, "operator:ops");
+    assert!(replayed.data_json.contains("user-service is back"));
+    let report = stack.audit().await;
+    assert!(report.consistent(), "{:?}", report.violations);
+    assert_eq!(report.users, 1, "only the user who holds the pen name remains");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op() {
+    let mut stack = Stack::start().await;
+    let ids = stack.park_register_sagas(200).await;
+    let url = stack.grpc_url.clone();
+    let filter = [
+        "--type",
+        "register_user",
+        "--step",
+        "create_user",
+        "--since",
+        "1h",
+    ];
+
+    let mut args = vec![
+        "-o",
+        "json",
+        "replay",
+        "--reason",
+        "bulk: user-service recovered",
+        "--dry-run",
+    ];
+    args.extend(filter);
+    let dry = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.stdout.lines().count(), 200);
+    assert!(
+        dry.stdout
+            .lines()
+            .all(|l| l.contains(r#""outcome":"would replay""#))
+    );
+    assert_eq!(
+        Stack::scalar(
+            &stack.dbs.orchestrator,
+            "SELECT count(*) FROM sagas WHERE state = 'failed'"
+        )
+        .await,
+        200
+    );
+
+    let mut args = vec![
+        "-o",
+        "json",
+        "replay",
+        "--reason",
+        "bulk: user-service recovered",
+        "--rate",
+        "100",
+    ];
+    args.extend(filter);
+    let started = Instant::now();
+    let out = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    let took = started.elapsed();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let replayed: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), 200);
+    assert!(
+        replayed.iter().all(|r| r["outcome"] == "replayed"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        took >= Duration::from_millis(1_900),
+        "200 sagas at 100/s cannot take {took:?}"
+    );
+
+    // The same replay again sends nothing: no saga is parked any more.
+    let mut args = vec![
+        "replay",
+        "--reason",
+        "bulk: user-service recovered",
+        "--rate",
+        "100",
+    ];
+    args.extend(filter);
+    let again = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    assert_eq!((again.code, again.stdout.trim()), (0, "0 saga(s)"));
+
+    let views = stack.finish(&ids).await;
+    assert!(views.iter().all(|v| v.state == SagaState::Compensated as i32));
+    for id in ids.iter().take(20) {
+        let replays = stack
+            .history(id)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == "compensation_replayed")
+            .count();
+        assert_eq!(replays, 1, "saga {id} replayed once");
+    }
+    let report = stack.audit().await;
+    assert!(report.consistent(), "{:?}", report.violations);
+    assert_eq!(report.users, 1);
+    stack.stop().await;
+}

@@ -1,0 +1,463 @@
+// The saga status dashboard: a small single-page app with no dependencies. Routes (in the hash):
+//   #/                 overview
+//   #/sagas?...        list (filters in the query)
+//   #/sagas/<id>       one saga
+// Every value from the server reaches the page through textContent (never innerHTML).
+'use strict';
+
+const STATES = ['running', 'compensating', 'completed', 'compensated', 'failed'];
+const session = {
+  token: sessionStorage.getItem('saga-token') || '',
+  identity: null,
+  readsProtected: false,
+};
+let onChange = null; // what the current page does when a saga changes
+let sagaTypes = [];
+
+// ---------- helpers ----------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const svgNS = 'http://www.w3.org/2000/svg';
+function s(tag, attrs) {
+  const el = document.createElementNS(svgNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  return el;
+}
+
+function when(t) {
+  if (!t) return '';
+  const d = new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString(undefined, { hour12: false }) + '.' + String(d.getMilliseconds()).padStart(3, '0');
+}
+
+function badge(state) {
+  return h('span', { class: 'badge ' + state }, String(state).replace('_', ' '));
+}
+
+function pretty(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+function toast(text) {
+  const t = document.getElementById('toast');
+  t.textContent = text;
+  t.classList.add('show');
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => t.classList.remove('show'), 2500);
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (session.token) headers['Authorization'] = 'Bearer ' + session.token;
+  if (options.body) headers['Content-Type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (e) {
+    throw new Error('The orchestrator cannot be reached: ' + e.message);
+  }
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (!response.ok) {
+    const message = body && body.error ? body.error : response.status + ' ' + response.statusText;
+    const err = new Error(message);
+    err.status = response.status;
+    throw err;
+  }
+  return body;
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+}
+
+function main() {
+  return document.getElementById('main');
+}
+
+function show(...nodes) {
+  const m = main();
+  m.replaceChildren(...nodes);
+  performance.mark('rendered'); // for the benchmark: navigation start → page drawn
+}
+
+function failure(err) {
+  return h('p', { class: 'error', role: 'alert' }, err.message);
+}
+
+// ---------- session ----------
+
+async function loadSession() {
+  try {
+    const s = await api('/api/session');
+    session.readsProtected = s.reads_protected;
+    session.identity = s.identity;
+    sagaTypes = s.saga_types;
+  } catch (e) {
+    if (e.status === 401) {
+      session.token = '';
+      sessionStorage.removeItem('saga-token');
+      session.identity = null;
+      toast('That token is not a known credential');
+    }
+  }
+  const signedIn = session.identity && session.identity.role === 'operator';
+  document.getElementById('signin').hidden = !!signedIn;
+  document.getElementById('whoami').hidden = !signedIn;
+  document.getElementById('whoami-name').textContent = signedIn ? 'Operator: ' + session.identity.name : '';
+}
+
+document.getElementById('signin').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const input = document.getElementById('token');
+  session.token = input.value.trim();
+  input.value = '';
+  sessionStorage.setItem('saga-token', session.token);
+  await loadSession();
+  connectEvents();
+  route();
+});
+
+document.getElementById('signout').addEventListener('click', async () => {
+  session.token = '';
+  sessionStorage.removeItem('saga-token');
+  await loadSession();
+  route();
+});
+
+// ---------- live updates ----------
+
+let source = null;
+function connectEvents() {
+  if (source) source.close();
+  const live = document.getElementById('live');
+  const q = session.readsProtected && session.token ? '?token=' + encodeURIComponent(session.token) : '';
+  source = new EventSource('/api/events' + q);
+  source.onopen = () => { live.textContent = 'live'; live.className = 'live on'; };
+  source.onerror = () => { live.textContent = 'reconnecting…'; live.className = 'live off'; };
+  source.addEventListener('saga', (e) => { if (onChange) onChange(JSON.parse(e.data)); });
+  source.addEventListener('resync', () => { if (onChange) onChange(null); });
+}
+
+// Browsers allow few connections per host: never leave a stream open behind a page that is gone.
+window.addEventListener('pagehide', () => { if (source) source.close(); });
+
+// ---------- routing ----------
+
+function parseHash() {
+  const raw = location.hash.replace(/^#/, '') || '/';
+  const [path, query] = raw.split('?');
+  return { path, params: new URLSearchParams(query || '') };
+}
+
+async function route() {
+  const { path, params } = parseHash();
+  onChange = null;
+  document.getElementById('nav-overview').toggleAttribute('aria-current', false);
+  document.getElementById('nav-sagas').toggleAttribute('aria-current', false);
+  const detail = path.match(/^\/sagas\/([0-9a-fA-F-]+)$/);
+  if (detail) {
+    document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
+    await detailPage(detail[1]);
+  } else if (path === '/sagas') {
+    document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
+    await listPage(params);
+  } else {
+    document.getElementById('nav-overview').setAttribute('aria-current', 'page');
+    await overviewPage();
+  }
+}
+
+window.addEventListener('hashchange', () => { route(); main().focus(); });
+
+// ---------- overview ----------
+
+function perMinuteChart(minutes) {
+  const series = [
+    ['started', '#2457c5'], ['completed', '#1e7d3c'], ['compensated', '#6a4bb3'], ['failed', '#b3261e'],
+  ];
+  const max = Math.max(1, ...minutes.flatMap((m) => series.map(([k]) => m[k])));
+  const W = 600, H = 160, pad = 24;
+  const x = (i) => pad + (i * (W - 2 * pad)) / Math.max(1, minutes.length - 1);
+  const y = (v) => H - pad - (v * (H - 2 * pad)) / max;
+  const totals = Object.fromEntries(series.map(([k]) => [k, minutes.reduce((a, m) => a + m[k], 0)]));
+  const label = 'Sagas per minute over the last hour: ' + series.map(([k]) => totals[k] + ' ' + k).join(', ');
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label, preserveAspectRatio: 'none' });
+  svg.append(s('line', { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, stroke: '#c5cbd6' }));
+  const top = s('text', { x: 2, y: pad, 'font-size': 11, fill: '#5b6475' });
+  top.textContent = String(max);
+  svg.append(top);
+  for (const [k, color] of series) {
+    const points = minutes.map((m, i) => `${x(i).toFixed(1)},${y(m[k]).toFixed(1)}`).join(' ');
+    svg.append(s('polyline', { points, fill: 'none', stroke: color, 'stroke-width': 2 }));
+  }
+  const legend = h('div', { class: 'legend' },
+    series.map(([k, color]) => h('span', { style: `--c:${color}` }, `${k} (${totals[k]})`)));
+  return h('div', { class: 'chart', id: 'throughput' }, svg, legend);
+}
+
+function latencyTable(rows) {
+  if (!rows.length) return h('p', { class: 'muted' }, 'No finished sagas in the last hour.');
+  const max = Math.max(1, ...rows.map((r) => r.p99_ms));
+  return h('table', { id: 'latency' },
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Saga'), h('th', { scope: 'col' }, 'Step'),
+      h('th', { scope: 'col' }, 'Phase'), h('th', { scope: 'col', class: 'num' }, 'n'),
+      h('th', { scope: 'col', class: 'num' }, 'p50 ms'), h('th', { scope: 'col', class: 'num' }, 'p90 ms'),
+      h('th', { scope: 'col', class: 'num' }, 'p99 ms'))),
+    h('tbody', {}, rows.map((r) => h('tr', {},
+      h('td', {}, r.saga_type), h('td', {}, r.step), h('td', {}, r.phase),
+      h('td', { class: 'num' }, r.count),
+      h('td', { class: 'num' }, r.p50_ms.toFixed(1)), h('td', { class: 'num' }, r.p90_ms.toFixed(1)),
+      h('td', { class: 'num bar-cell' }, r.p99_ms.toFixed(1),
+        h('div', { class: 'bar-fill', style: `width:${(100 * r.p99_ms / max).toFixed(0)}%`, 'aria-hidden': 'true' }))))));
+}
+
+function sagaLink(id) {
+  return h('a', { href: '#/sagas/' + id, class: 'mono' }, id);
+}
+
+function attentionList(title, block, query) {
+  return h('section', {},
+    h('h3', {}, `${title} (${block.count})`),
+    block.sagas.length
+      ? h('ul', {}, block.sagas.map((x) => h('li', {}, sagaLink(x.id), ' ', badge(x.state), ' ',
+          x.current_step || '', x.failure_reason ? h('div', { class: 'muted' }, x.failure_reason) : null)))
+      : h('p', { class: 'muted' }, 'None.'),
+    query && block.count > block.sagas.length ? h('a', { href: '#/sagas?' + query }, 'All of them') : null);
+}
+
+async function overviewPage() {
+  let o;
+  try { o = await api('/api/overview'); } catch (e) { show(h('h1', {}, 'Overview'), failure(e)); return; }
+  sagaTypes = o.saga_types;
+  const byState = Object.fromEntries(STATES.map((st) => [st, 0]));
+  for (const states of Object.values(o.counts)) for (const [st, n] of Object.entries(states)) byState[st] += n;
+  const cards = h('div', { class: 'cards', id: 'state-cards' }, STATES.map((st) =>
+    h('div', { class: 'card' }, h('a', { href: '#/sagas?state=' + st, id: 'count-' + st },
+      h('div', { class: 'n' }, byState[st]), badge(st)))));
+  const types = h('table', { id: 'by-type' },
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Saga type'),
+      STATES.map((st) => h('th', { scope: 'col', class: 'num' }, st)))),
+    h('tbody', {}, Object.entries(o.counts).map(([t, states]) => h('tr', {},
+      h('th', { scope: 'row' }, h('a', { href: '#/sagas?type=' + t }, t)),
+      STATES.map((st) => h('td', { class: 'num' }, states[st] || 0))))));
+  const a = o.attention;
+  show(
+    h('h1', {}, 'Overview'),
+    cards,
+    h('div', { class: 'grid2' },
+      h('section', {}, h('h2', {}, 'Sagas per minute, last hour'), perMinuteChart(o.per_minute)),
+      h('section', {}, h('h2', {}, 'By type'), types)),
+    h('h2', {}, 'Needs attention'),
+    h('div', { class: 'grid2', id: 'attention' },
+      attentionList('Parked, failed', a.failed, 'state=failed'),
+      h('div', {},
+        attentionList('Compensating for over 5 minutes', a.compensating_long, 'state=compensating'),
+        attentionList('Retrying or past a deadline', a.retrying, null))),
+    h('h2', {}, `Step latency, last hour (latest ${o.latency_sample} finished sagas)`),
+    latencyTable(o.step_latency),
+    h('p', { class: 'muted' }, 'Updated ', when(o.generated_at)));
+  onChange = debounce(() => overviewPage(), 1000);
+}
+
+// ---------- list ----------
+
+function filterForm(params) {
+  const field = (label, id, input) => h('div', { class: 'field' }, h('label', { for: id }, label), input);
+  const select = (id, name, options, value) => h('select', { id, name },
+    h('option', { value: '' }, 'any'), options.map((o) => h('option', { value: o, selected: o === value }, o)));
+  const localInput = (v) => (v ? new Date(v).toISOString().slice(0, 16) : '');
+  const form = h('form', { class: 'filters', id: 'filters', 'aria-label': 'Filter sagas' },
+    field('Type', 'f-type', select('f-type', 'type', sagaTypes, params.get('type'))),
+    field('State', 'f-state', select('f-state', 'state', STATES, params.get('state'))),
+    field('Step', 'f-step', h('input', { id: 'f-step', name: 'step', value: params.get('step') || '', size: 14 })),
+    field('Created since (UTC)', 'f-since', h('input', { id: 'f-since', name: 'since', type: 'datetime-local', value: localInput(params.get('since')) })),
+    field('Created before (UTC)', 'f-until', h('input', { id: 'f-until', name: 'until', type: 'datetime-local', value: localInput(params.get('until')) })),
+    field('Saga id or idempotency key', 'f-q', h('input', { id: 'f-q', name: 'q', value: params.get('q') || '', size: 28 })),
+    field('Order', 'f-order', h('select', { id: 'f-order', name: 'order' },
+      h('option', { value: 'newest', selected: params.get('order') !== 'oldest' }, 'newest first'),
+      h('option', { value: 'oldest', selected: params.get('order') === 'oldest' }, 'oldest first'))),
+    h('button', { type: 'submit', class: 'primary', id: 'apply' }, 'Apply'));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form).entries()) {
+      if (!v) continue;
+      q.set(k, k === 'since' || k === 'until' ? new Date(v + 'Z').toISOString() : v);
+    }
+    if (q.get('order') === 'newest') q.delete('order');
+    location.hash = '#/sagas?' + q.toString();
+  });
+  return form;
+}
+
+async function listPage(params) {
+  const apiParams = new URLSearchParams(params);
+  let page;
+  try { page = await api('/api/sagas?' + apiParams.toString()); } catch (e) {
+    show(h('h1', {}, 'Sagas'), filterForm(params), failure(e));
+    return;
+  }
+  const rows = page.sagas.map((x) => h('tr', { 'data-saga': x.id },
+    h('td', {}, sagaLink(x.id)), h('td', {}, x.saga_type), h('td', {}, badge(x.state)),
+    h('td', {}, x.current_step || ''), h('td', {}, when(x.created_at)), h('td', {}, when(x.updated_at)),
+    h('td', { class: 'muted' }, x.failure_reason || '')));
+  const next = page.next_cursor ? (() => {
+    const q = new URLSearchParams(params);
+    q.set('cursor', page.next_cursor);
+    return h('a', { href: '#/sagas?' + q.toString(), id: 'next-page' }, 'Next page →');
+  })() : null;
+  const first = params.get('cursor') ? (() => {
+    const q = new URLSearchParams(params);
+    q.delete('cursor');
+    return h('a', { href: '#/sagas?' + q.toString() }, '← First page');
+  })() : null;
+  show(
+    h('h1', {}, 'Sagas'),
+    filterForm(params),
+    h('table', { id: 'saga-list' },
+      h('caption', { class: 'sr' }, 'Sagas matching the filters'),
+      h('thead', {}, h('tr', {}, ['Saga', 'Type', 'State', 'Step', 'Created', 'Updated', 'Reason'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No sagas match.')))),
+    h('div', { class: 'pager' }, first, next, h('span', { class: 'muted' }, `${rows.length} shown`)));
+  onChange = debounce(() => listPage(params), 700);
+}
+
+// ---------- detail ----------
+
+function phaseCell(p, kind) {
+  if (!p) return h('td', { class: 'muted' }, '— none: a pivot step cannot be undone');
+  const lines = [];
+  if (p.started_at) lines.push('started ' + when(p.started_at));
+  if (p.finished_at) lines.push('finished ' + when(p.finished_at));
+  if (p.deadline) lines.push('deadline ' + when(p.deadline));
+  if (p.retry_at) lines.push('next attempt ' + when(p.retry_at));
+  return h('td', { class: 'phase', 'data-phase': kind },
+    h('div', {}, h('strong', {}, p.command_type), ' ', badge(p.status), p.attempt ? ` attempt ${p.attempt}` : ''),
+    lines.map((l) => h('div', { class: 'line' }, l)),
+    p.last_error
+      ? (p.status === 'succeeded'
+          ? h('div', { class: 'err earlier' }, 'an earlier attempt failed: ' + p.last_error)
+          : h('div', { class: 'err' }, p.last_error))
+      : null,
+    p.sent ? h('details', {}, h('summary', {}, 'Command sent'), h('pre', {}, pretty(p.sent))) : null,
+    p.reply ? h('details', {}, h('summary', {}, 'Reply'), h('pre', {}, pretty(p.reply))) : null);
+}
+
+function describe(e) {
+  const d = e.data || {};
+  const bits = [];
+  if (d.name !== undefined) bits.push(`step ${d.step} ${d.name}`);
+  if (d.phase) bits.push(d.phase);
+  if (d.attempt) bits.push('attempt ' + d.attempt);
+  if (d.command) bits.push(d.command);
+  if (d.reason) bits.push('“' + d.reason + '”');
+  if (d.why) bits.push(d.why);
+  return bits.join(' · ');
+}
+
+function actionButton(id, label, availability, onClick, danger) {
+  const signedIn = session.identity && session.identity.role === 'operator';
+  const allowed = availability && availability.allowed;
+  const why = !signedIn ? 'sign in with an operator token to act' : (!allowed ? availability.why : '');
+  return h('span', {},
+    h('button', { id, type: 'button', class: danger ? 'danger' : 'primary', disabled: !(signedIn && allowed),
+      'aria-describedby': id + '-why', onclick: onClick }, label),
+    ' ', h('span', { class: 'why', id: id + '-why' }, why));
+}
+
+async function detailPage(id) {
+  let x;
+  try { x = await api('/api/sagas/' + id); } catch (e) {
+    show(h('h1', {}, 'Saga'), failure(e));
+    return;
+  }
+  const meta = h('dl', { class: 'meta' },
+    h('dt', {}, 'Saga'), h('dd', { class: 'mono' }, x.saga_id),
+    h('dt', {}, 'Type'), h('dd', {}, `${x.saga_type} v${x.definition_version}`),
+    h('dt', {}, 'State'), h('dd', {}, h('span', { id: 'state-badge', 'data-state': x.state }, badge(x.state))),
+    h('dt', {}, 'Step'), h('dd', {}, x.current_step || '—'),
+    x.failure_reason ? [h('dt', {}, 'Reason'), h('dd', { id: 'failure-reason' }, x.failure_reason)] : null,
+    x.idempotency_key ? [h('dt', {}, 'Idempotency key'), h('dd', { class: 'mono' }, x.idempotency_key)] : null,
+    h('dt', {}, 'Created'), h('dd', {}, when(x.created_at)),
+    h('dt', {}, 'Updated'), h('dd', {}, when(x.updated_at)),
+    h('dt', {}, 'Context'), h('dd', {}, h('details', {}, h('summary', {}, 'Input and replies'), h('pre', {}, pretty(x.context)))));
+  const actions = h('div', { class: 'actions', role: 'group', 'aria-label': 'Operator actions' },
+    actionButton('act-replay', 'Replay compensation', x.actions.replay,
+      () => confirmAction(x, 'replay', 'Replay compensation', 'The exhausted compensation is sent again with a new retry budget.')),
+    actionButton('act-retry', 'Retry step', x.actions.retry,
+      () => confirmAction(x, 'retry', 'Retry step', 'The step whose outcome is unknown is sent again instead of compensating.')),
+    actionButton('act-abort', 'Abort', x.actions.abort,
+      () => confirmAction(x, 'abort', 'Abort saga', 'The saga stops and everything it did is compensated.'), true));
+  const steps = h('table', { id: 'steps' },
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Forward action'), h('th', { scope: 'col' }, 'Compensation'))),
+    h('tbody', {}, x.steps.map((st) => h('tr', {},
+      h('th', { scope: 'row' }, `${st.index} · ${st.name}`, h('div', { class: 'line muted' }, st.participant)),
+      phaseCell(st.action, 'action'), phaseCell(st.compensation, 'compensation')))));
+  const timeline = h('ol', { class: 'timeline', id: 'timeline', 'aria-label': 'History' },
+    x.history.map((e) => h('li', { class: e.actor.startsWith('operator:') ? 'operator' : '', 'data-kind': e.kind },
+      h('span', { class: 'muted' }, when(e.at)), h('span', {}, e.actor),
+      h('span', {}, h('strong', {}, e.kind.replace(/_/g, ' ')), ' ', describe(e)))));
+  show(h('h1', {}, 'Saga ', h('span', { class: 'mono' }, x.saga_id.slice(0, 8) + '…')),
+    meta, actions, h('h2', {}, 'Steps'), steps, h('h2', {}, 'Timeline'), timeline);
+  onChange = (change) => { if (!change || change.id === x.saga_id) refreshDetail(); };
+  const refreshDetail = debounce(() => detailPage(id), 200);
+}
+
+// ---------- actions ----------
+
+function confirmAction(saga, kind, title, text) {
+  const dialog = document.getElementById('confirm');
+  document.getElementById('confirm-title').textContent = title;
+  document.getElementById('confirm-text').textContent = text + ' Saga ' + saga.saga_id + '.';
+  const reason = document.getElementById('confirm-reason');
+  const error = document.getElementById('confirm-error');
+  const stepRow = document.getElementById('confirm-step-row');
+  const step = document.getElementById('confirm-step');
+  reason.value = '';
+  error.textContent = '';
+  stepRow.hidden = kind !== 'retry';
+  step.replaceChildren(h('option', { value: '' }, 'the step it stopped at'),
+    saga.steps.map((st) => h('option', { value: st.index }, `${st.index} · ${st.name}`)));
+  const form = document.getElementById('confirm-form');
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    if (!reason.value.trim()) { error.textContent = 'A reason is required: it is recorded in the saga\'s history.'; reason.focus(); return; }
+    const body = { reason: reason.value.trim() };
+    if (kind === 'retry' && step.value !== '') body.step = Number(step.value);
+    try {
+      const r = await api(`/api/sagas/${saga.saga_id}/${kind}`, { method: 'POST', body: JSON.stringify(body) });
+      dialog.close();
+      toast(`${title}: ${r.outcome || r.state}`);
+      detailPage(saga.saga_id);
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  };
+  document.getElementById('confirm-cancel').onclick = () => dialog.close();
+  dialog.showModal();
+  reason.focus();
+}
+
+// ---------- start ----------
+
+(async () => {
+  await loadSession();
+  connectEvents();
+  route();
+})();

@@ -1,0 +1,216 @@
+//! The overview's aggregate queries, each read from an index alone where PostgreSQL can
+//! (`migrations/orchestrator/0005_dashboard_indexes.sql`): counts from (saga_type, state, id),
+//! per-minute starts from created_at, per-minute finishes from the partial index of finished sagas;
+//! latencies over the most recent finished sagas only; attention lists over the few failed or
+//! unfinished sagas.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::catalog::Catalog;
+use crate::store::{SagaSummary, StoreError};
+
+/// How many of the most recent finished sagas the latency percentiles are computed over.
+pub const LATENCY_SAMPLE: i64 = 2_000;
+/// A saga compensating for longer than this needs attention.
+pub const LONG_COMPENSATION: TimeDelta = TimeDelta::minutes(5);
+
+#[derive(Debug, Serialize)]
+pub struct Minute {
+    pub minute: DateTime<Utc>,
+    pub started: i64,
+    pub completed: i64,
+    pub compensated: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct StepLatency {
+    pub saga_type: String,
+    #[sqlx(skip)]
+    pub step: String,
+    pub step_index: i32,
+    #[serde(skip)]
+    pub definition_version: i32,
+    pub phase: String,
+    pub count: i64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Attention {
+    pub count: i64,
+    pub sagas: Vec<SagaSummary>,
+}
+
+/// Sagas by type and state.
+pub async fn counts(conn: &mut PgConnection) -> Result<BTreeMap<String, BTreeMap<String, i64>>, StoreError> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT saga_type, state, count(*) FROM sagas GROUP BY saga_type, state")
+            .fetch_all(conn)
+            .await?;
+    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for (t, s, n) in rows {
+        out.entry(t).or_default().insert(s, n);
+    }
+    Ok(out)
+}
+
+/// Started and finished sagas per minute over the hour before `now`, zero-filled, oldest first.
+pub async fn per_minute(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Minute>, StoreError> {
+    let to_minute = |t: DateTime<Utc>| t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t);
+    let start = to_minute(now) - TimeDelta::minutes(59);
+    let mut minutes: Vec<Minute> = (0..60)
+        .map(|i| Minute {
+            minute: start + TimeDelta::minutes(i),
+            started: 0,
+            completed: 0,
+            compensated: 0,
+            failed: 0,
+        })
+        .collect();
+    let slot = |m: DateTime<Utc>| {
+        usize::try_from((m - start).num_minutes())
+            .ok()
+            .filter(|i| *i < 60)
+    };
+    let started: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT date_trunc('minute', created_at), count(*) FROM sagas WHERE created_at >= $1 GROUP BY 1",
+    )
+    .bind(start)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (m, n) in started {
+        if let Some(i) = slot(m) {
+            minutes[i].started = n;
+        }
+    }
+    let finished: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
+        "SELECT date_trunc('minute', updated_at), state, count(*) FROM sagas \
+         WHERE state IN ('completed', 'compensated', 'failed') AND updated_at >= $1 GROUP BY 1, 2",
+    )
+    .bind(start)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (m, state, n) in finished {
+        if let Some(i) = slot(m) {
+            match state.as_str() {
+                "completed" => minutes[i].completed = n,
+                "compensated" => minutes[i].compensated = n,
+                _ => minutes[i].failed = n,
+            }
+        }
+    }
+    Ok(minutes)
+}
+
+/// p50/p90/p99 of succeeded step phases (first dispatch to success) over the most recent finished
+/// sagas of the last hour.
+pub async fn step_latency(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    catalog: &Catalog,
+) -> Result<Vec<StepLatency>, StoreError> {
+    let mut rows: Vec<StepLatency> = sqlx::query_as(
+        r#"WITH recent AS (
+               SELECT saga_type, definition_version, steps FROM sagas
+               WHERE state IN ('completed', 'compensated', 'failed') AND updated_at >= $1
+               ORDER BY updated_at DESC LIMIT $2)
+           SELECT saga_type, definition_version, (e.idx - 1)::int AS step_index, p.phase,
+                  count(*) AS count,
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY x.ms) AS p50_ms,
+                  percentile_cont(0.9) WITHIN GROUP (ORDER BY x.ms) AS p90_ms,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY x.ms) AS p99_ms
+           FROM recent,
+                jsonb_array_elements(recent.steps) WITH ORDINALITY AS e(rec, idx),
+                LATERAL (VALUES ('action', e.rec->'action'), ('compensation', e.rec->'compensation')) AS p(phase, r),
+                LATERAL (SELECT extract(epoch FROM ((p.r->>'finished_at')::timestamptz
+                                                    - (p.r->>'started_at')::timestamptz)) * 1000 AS ms) AS x
+           WHERE p.r->>'status' = 'succeeded'
+           GROUP BY 1, 2, 3, 4
+           ORDER BY 1, 3, 4"#,
+    )
+    .bind(now - TimeDelta::hours(1))
+    .bind(LATENCY_SAMPLE)
+    .fetch_all(conn)
+    .await?;
+    for r in &mut rows {
+        r.step = catalog
+            .get(&r.saga_type, r.definition_version as u32)
+            .and_then(|d| d.steps.get(r.step_index as usize))
+            .map_or_else(|| format!("#{}", r.step_index), |s| s.name.clone());
+    }
+    Ok(rows)
+}
+
+const SUMMARY: &str =
+    "SELECT id, saga_type, state, current_step, failure_reason, created_at, updated_at FROM sagas";
+
+async fn attention(
+    conn: &mut PgConnection,
+    condition: &str,
+    now: DateTime<Utc>,
+) -> Result<Attention, StoreError> {
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM sagas WHERE {condition}"))
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    let sagas = sqlx::query_as(&format!("{SUMMARY} WHERE {condition} ORDER BY id DESC LIMIT 10"))
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
+    Ok(Attention { count, sagas })
+}
+
+/// The three lists an operator looks at first.
+pub async fn needs_attention(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<&'static str, Attention>, StoreError> {
+    let mut out = BTreeMap::new();
+    // `$1` is `now` in every condition (unused by the first).
+    out.insert(
+        "failed",
+        attention(
+            &mut *conn,
+            "state = 'failed' AND $1::timestamptz IS NOT NULL",
+            now,
+        )
+        .await?,
+    );
+    let long = format!(
+        "state = 'compensating' AND created_at < $1::timestamptz - interval '{} seconds'",
+        LONG_COMPENSATION.num_seconds()
+    );
+    out.insert("compensating_long", attention(&mut *conn, &long, now).await?);
+    out.insert(
+        "retrying",
+        attention(
+            &mut *conn,
+            r#"state IN ('running', 'compensating') AND (
+                 wake_at < $1::timestamptz - interval '5 seconds'
+                 OR jsonb_path_exists(steps, '$[*].* ? (@.status == "retry_scheduled" || (@.status == "in_flight" && @.attempt > 1))'))"#,
+            now,
+        )
+        .await?,
+    );
+    Ok(out)
+}
+
+/// The last payload sent per (step, phase), from the `command_dispatched` history.
+pub fn commands_sent(history: &[crate::store::HistoryEntry]) -> BTreeMap<(u64, String), Value> {
+    let mut sent = BTreeMap::new();
+    for h in history.iter().filter(|h| h.kind == "command_dispatched") {
+        let d = &h.data.0;
+        if let (Some(step), Some(phase)) = (d["step"].as_u64(), d["phase"].as_str()) {
+            sent.insert((step, phase.to_owned()), d["payload"].clone());
+        }
+    }
+    sent
+}

@@ -1,0 +1,186 @@
+//! Typed configuration: defaults (`#[serde(default)]`) → an optional TOML file → `APP_…` environment variables
+//! (`__` separates levels: `APP_DATABASE__URL`, `APP_KAFKA__BROKERS`, `APP_GRPC__LISTEN`).
+
+use std::path::PathBuf;
+
+use saga_runtime::db::DatabaseSettings;
+use saga_runtime::http::HttpSettings;
+
+use crate::auth::AuthSettings;
+use saga_runtime::kafka::KafkaSettings;
+use saga_runtime::outbox::RelaySettings;
+use saga_runtime::telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub grpc: GrpcSettings,
+    /// Metrics, health and (later) the dashboard.
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub relay: RelaySettings,
+    pub replies: ReplySettings,
+    pub timers: TimerSettings,
+    /// A saga catalog file; the built-in `orchestrator/sagas.toml` when unset.
+    pub catalog_path: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub auth: AuthSettings,
+    pub operator: OperatorSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let mut database = DatabaseSettings::with_url("postgres://postgres@127.0.0.1:5432/saga_orchestrator");
+        database.create_if_missing = true;
+        Self {
+            grpc: GrpcSettings::default(),
+            http: HttpSettings::on("127.0.0.1:8080"),
+            database,
+            kafka: KafkaSettings::default(),
+            relay: RelaySettings::default(),
+            replies: ReplySettings::default(),
+            timers: TimerSettings::default(),
+            catalog_path: None,
+            log_format: LogFormat::default(),
+            auth: AuthSettings::default(),
+            operator: OperatorSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Address of the gRPC API; port 0 picks a free port (tests).
+    pub listen: String,
+    /// Largest accepted `payload_json`, in bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplySettings {
+    pub enabled: bool,
+    /// Logical reply topic (the Kafka prefix is added).
+    pub topic: String,
+    /// Consumer group shared by all orchestrator replicas (the Kafka topic prefix is added).
+    pub group: String,
+}
+
+impl Default for ReplySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "saga.replies".into(),
+            group: "saga-orchestrator".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimerSettings {
+    pub enabled: bool,
+    /// How often the timer loop looks for due deadlines and retries.
+    pub interval_ms: u64,
+    /// Sagas woken per transaction.
+    pub batch_size: i64,
+}
+
+impl Default for TimerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 100,
+            batch_size: 200,
+        }
+    }
+}
+
+/// Limits on operator actions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorSettings {
+    /// Sagas per second a bulk replay sends when the request names no rate.
+    pub replay_rate_default: f64,
+    /// The highest rate a bulk replay may ask for.
+    pub replay_rate_max: f64,
+    /// Sagas one bulk replay touches when the request names no limit.
+    pub replay_limit_default: u32,
+    pub replay_limit_max: u32,
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        Self {
+            replay_rate_default: 20.0,
+            replay_rate_max: 500.0,
+            replay_limit_default: 1_000,
+            replay_limit_max: 10_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `APP_CONFIG_FILE` (default `orchestrator.toml`, optional) and the environment.
+    pub fn load() -> Result<Self, Box<figment::Error>> {
+        saga_runtime::config::load("orchestrator.toml")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn environment_overrides_nested_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "o.toml",
+                "[grpc]\nlisten = \"0.0.0.0:1\"\n[kafka]\nbrokers = \"file:1\"\n",
+            )?;
+            jail.set_env("APP_CONFIG_FILE", "o.toml");
+            jail.set_env("APP_KAFKA__BROKERS", "env:9092");
+            jail.set_env("APP_DATABASE__URL", "postgres://u:secret@db/x");
+            jail.set_env("APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS", "10");
+            let s = Settings::load().map_err(|e| e.to_string())?;
+            assert_eq!(s.grpc.listen, "0.0.0.0:1");
+            assert_eq!(s.kafka.brokers, "env:9092");
+            assert_eq!(s.database.url.expose_secret(), "postgres://u:secret@db/x");
+            assert!(
+                !format!("{s:?}").contains("secret@"),
+                "the database URL never prints"
+            );
+            assert_eq!(
+                s.kafka.consumer.get("fetch_wait_max_ms").map(String::as_str),
+                Some("10")
+            );
+            assert!(s.replies.enabled && s.relay.enabled);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_settings_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("o.toml", "[grpc]\nlisen = \"typo\"\n")?;
+            jail.set_env("APP_CONFIG_FILE", "o.toml");
+            let err = Settings::load().expect_err("typo rejected");
+            assert!(err.to_string().contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+}

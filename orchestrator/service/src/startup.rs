@@ -1,0 +1,257 @@
+//! Building and running the orchestrator: `Application::build(settings)` connects, migrates and
+//! binds; `run_until_stopped(shutdown)` serves gRPC and runs the relay, reply consumer and timers
+//! until the token fires. Tests use the same builder with port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use saga_proto::v1::saga_orchestrator_server::SagaOrchestratorServer;
+use saga_runtime::consumer::{self, DeadLetters};
+use saga_runtime::kafka::GroupConsumer;
+use saga_runtime::outbox::Relay;
+use saga_runtime::{db, http};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::SagaApi;
+use crate::auth::Authenticator;
+use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
+use crate::coordinator::Coordinator;
+use crate::dashboard::{self, Dashboard};
+use crate::replies::ReplyHandler;
+use crate::settings::Settings;
+use crate::timers;
+use crate::watch::Changes;
+use crate::wire::Routing;
+
+/// The whole program: logs and span export, the orchestrator until SIGINT/SIGTERM, then a bounded
+/// flush of the spans still buffered.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let telemetry = saga_runtime::telemetry::init("orchestrator", settings.log_format);
+    let result = async {
+        let app = Application::build(settings).await?;
+        tracing::info!(grpc = %app.grpc_addr(), http = %app.http_addr(), "orchestrator ready");
+        app.run_until_stopped(saga_runtime::shutdown::on_signals()).await
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "orchestrator stopped with an error");
+    }
+    telemetry.shutdown(Duration::from_secs(5));
+    result
+}
+
+/// `orchestrator migrate`: create the database if configured to, apply the migrations, exit (the
+/// Kubernetes migration Job runs this before the Deployment rolls out).
+pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let _telemetry = saga_runtime::telemetry::init("orchestrator", settings.log_format);
+    let pool = db::connect(&settings.database)
+        .await
+        .context("connecting to the orchestrator database")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("running orchestrator migrations")?;
+    tracing::info!("orchestrator migrations applied");
+    Ok(())
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orchestrator");
+
+pub struct Application {
+    settings: Settings,
+    auth: Arc<Authenticator>,
+    listener: TcpListener,
+    http: (TcpListener, SocketAddr),
+    pool: PgPool,
+    coordinator: Arc<Coordinator>,
+    replies: Option<GroupConsumer>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        let catalog = match &settings.catalog_path {
+            Some(path) => Catalog::from_file(path)?,
+            None => Catalog::builtin()?,
+        };
+        let pool = db::connect(&settings.database)
+            .await
+            .context("connecting to the orchestrator database")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("running orchestrator migrations")?;
+
+        let kafka = &settings.kafka;
+        let mut topics: Vec<String> = catalog
+            .participant_topics()
+            .into_iter()
+            .map(|t| kafka.topic(t))
+            .collect();
+        topics.push(kafka.topic(&settings.replies.topic));
+        topics.push(kafka.dead_letter_topic(&settings.replies.topic));
+        kafka.ensure_topics_or_warn(&topics).await;
+
+        let routing = Routing {
+            topic_prefix: kafka.topic_prefix.clone(),
+            reply_topic: kafka.topic(&settings.replies.topic),
+        };
+        let coordinator = Arc::new(Coordinator::new(
+            pool.clone(),
+            Arc::new(catalog),
+            routing,
+            clock,
+            settings.grpc.max_payload_bytes,
+        ));
+        let replies = if settings.replies.enabled {
+            let consumer = kafka.consumer(&kafka.group(&settings.replies.group))?;
+            consumer.subscribe(&[&kafka.topic(&settings.replies.topic)])?;
+            Some(consumer)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind(&settings.grpc.listen)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", settings.grpc.listen))?;
+        let http = http::bind(&settings.http)
+            .await
+            .with_context(|| format!("binding the HTTP address {}", settings.http.listen))?;
+        Ok(Self {
+            settings,
+            auth,
+            listener,
+            http,
+            pool,
+            coordinator,
+            replies,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.1
+    }
+
+    pub fn coordinator(&self) -> Arc<Coordinator> {
+        self.coordinator.clone()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Reply-topic partitions assigned to this replica (0 while joining the consumer group, or
+    /// when the reply consumer is disabled).
+    pub fn reply_partitions(&self) -> watch::Receiver<usize> {
+        match &self.replies {
+            Some(c) => c.context().assigned(),
+            None => watch::Sender::new(0).subscribe(),
+        }
+    }
+
+    /// Serves until `shutdown` fires, then drains the background loops (bounded).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            auth,
+            listener,
+            http,
+            pool,
+            coordinator,
+            replies,
+        } = self;
+        let kafka = &settings.kafka;
+        let mut tasks = JoinSet::new();
+        if settings.relay.enabled {
+            let relay = Relay::new(pool.clone(), kafka.producer()?, settings.relay.clone());
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
+        if let Some(consumer) = replies {
+            let dead = DeadLetters::new(
+                kafka.producer()?,
+                kafka.dead_letter_topic(&settings.replies.topic),
+            );
+            let handler = ReplyHandler::new(coordinator.clone());
+            tasks.spawn(consumer::run(
+                consumer,
+                handler,
+                dead,
+                kafka.max_batch,
+                shutdown.clone(),
+            ));
+        }
+        if settings.timers.enabled {
+            tasks.spawn(timers::run(
+                coordinator.clone(),
+                settings.timers.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        let changes = Changes::new();
+        tasks.spawn(changes.clone().run(pool.clone(), shutdown.clone()));
+        let probes = http::Probes {
+            pool: pool.clone(),
+            producer: kafka.producer()?,
+        };
+        let board = dashboard::router(Dashboard {
+            coordinator: coordinator.clone(),
+            auth: auth.clone(),
+            changes: changes.clone(),
+            shutdown: shutdown.clone(),
+        });
+        tasks.spawn(http::serve(http.0, http::router(probes, board), shutdown.clone()));
+        let api = SagaApi::new(
+            coordinator,
+            auth,
+            changes,
+            settings.operator.clone(),
+            shutdown.clone(),
+        );
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SagaOrchestratorServer<SagaApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(SagaOrchestratorServer::new(api))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            )
+            .await;
+        shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background loops did not stop within 15 s");
+        }
+        pool.close().await;
+        served.context("gRPC server failed")
+    }
+}

@@ -1,0 +1,10 @@
+//! Orchestrator integration tests: real PostgreSQL, real Kafka-protocol broker, real gRPC.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod crash;
+mod flow;
+mod helpers;
+mod operator;
+mod queries;
+mod start_saga;

@@ -1,0 +1,188 @@
+//! Building and running a participant service: settings, pool and migrations, topics, the command
+//! consumer and the reply relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use rdkafka::consumer::Consumer;
+use saga_runtime::consumer::{self, DeadLetters};
+use saga_runtime::db::{self, DatabaseSettings};
+use saga_runtime::http::{self, HttpSettings};
+use saga_runtime::kafka::{GroupConsumer, KafkaSettings};
+use saga_runtime::outbox::{Relay, RelaySettings};
+use saga_runtime::telemetry::LogFormat;
+use serde::Deserialize;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Domain;
+use crate::inbox::Participant;
+
+/// Per-service defaults for [`ParticipantSettings`].
+pub trait ServiceDefaults {
+    /// Default database URL, e.g. `postgres://postgres@127.0.0.1:5432/saga_users`.
+    const DATABASE_URL: &'static str;
+    /// Logical command topic, e.g. `user.commands`.
+    const COMMANDS_TOPIC: &'static str;
+    /// Consumer group, e.g. `user-service`.
+    const GROUP: &'static str;
+    /// Default address of the metrics/health port, e.g. `127.0.0.1:8081`.
+    const HTTP_LISTEN: &'static str;
+}
+
+/// Settings of a participant service; `R` holds the service's own business settings (`APP_RULES__…`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParticipantSettings<R> {
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub relay: RelaySettings,
+    /// Logical topic commands arrive on (the Kafka prefix is added).
+    pub commands_topic: String,
+    /// Logical reply topic.
+    pub reply_topic: String,
+    /// Consumer group (the Kafka prefix is added).
+    pub group: String,
+    pub log_format: LogFormat,
+    /// The metrics/health port.
+    pub http: HttpSettings,
+    pub rules: R,
+}
+
+impl<R: ServiceDefaults + Default> Default for ParticipantSettings<R> {
+    fn default() -> Self {
+        let mut database = DatabaseSettings::with_url(R::DATABASE_URL);
+        database.create_if_missing = true;
+        Self {
+            database,
+            kafka: KafkaSettings::default(),
+            relay: RelaySettings::default(),
+            commands_topic: R::COMMANDS_TOPIC.into(),
+            reply_topic: "saga.replies".into(),
+            group: R::GROUP.into(),
+            log_format: LogFormat::default(),
+            http: HttpSettings::on(R::HTTP_LISTEN),
+            rules: R::default(),
+        }
+    }
+}
+
+/// Creates the database if configured to and applies `migrator` (the `migrate` command).
+pub async fn migrate<R>(
+    settings: &ParticipantSettings<R>,
+    migrator: &'static Migrator,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&settings.database)
+        .await
+        .context("connecting to the database")?;
+    migrator.run(&pool).await.context("running migrations")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// A built participant service, ready to run.
+pub struct ParticipantApp<D> {
+    pool: PgPool,
+    http: (TcpListener, SocketAddr),
+    kafka: KafkaSettings,
+    relay: RelaySettings,
+    commands_topic: String,
+    consumer: GroupConsumer,
+    participant: Participant<D>,
+}
+
+impl<D: Domain> ParticipantApp<D> {
+    /// Connects and migrates the service's database, creates its topics and joins its group.
+    pub async fn build<R>(
+        settings: &ParticipantSettings<R>,
+        domain: D,
+        migrator: &'static Migrator,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect(&settings.database)
+            .await
+            .with_context(|| format!("connecting to the {} database", domain.name()))?;
+        migrator
+            .run(&pool)
+            .await
+            .with_context(|| format!("running {} migrations", domain.name()))?;
+        let kafka = settings.kafka.clone();
+        let commands = kafka.topic(&settings.commands_topic);
+        let replies = kafka.topic(&settings.reply_topic);
+        let topics = [
+            commands.clone(),
+            kafka.dead_letter_topic(&settings.commands_topic),
+            replies.clone(),
+        ];
+        kafka.ensure_topics_or_warn(&topics).await;
+        let consumer = kafka.consumer(&kafka.group(&settings.group))?;
+        consumer.subscribe(&[&commands])?;
+        let participant = Participant::new(pool.clone(), Arc::new(domain), replies);
+        let http = http::bind(&settings.http)
+            .await
+            .with_context(|| format!("binding the HTTP address {}", settings.http.listen))?;
+        Ok(Self {
+            pool,
+            http,
+            kafka,
+            relay: settings.relay.clone(),
+            commands_topic: settings.commands_topic.clone(),
+            consumer,
+            participant,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.1
+    }
+
+    /// Command-topic partitions currently assigned to this instance (0 while joining the group).
+    pub fn assigned(&self) -> watch::Receiver<usize> {
+        self.consumer.context().assigned()
+    }
+
+    /// Consumes commands and relays replies until `shutdown`.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let relay = if self.relay.enabled {
+            let relay = Relay::new(self.pool.clone(), self.kafka.producer()?, self.relay.clone());
+            Some(tokio::spawn(relay.run(shutdown.clone())))
+        } else {
+            None
+        };
+        let probes = http::Probes {
+            pool: self.pool.clone(),
+            producer: self.kafka.producer()?,
+        };
+        let router = http::router(probes, Router::new());
+        let server = tokio::spawn(http::serve(self.http.0, router, shutdown.clone()));
+        let dead = DeadLetters::new(
+            self.kafka.producer()?,
+            self.kafka.dead_letter_topic(&self.commands_topic),
+        );
+        consumer::run(
+            self.consumer,
+            self.participant,
+            dead,
+            self.kafka.max_batch,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        if let Some(relay) = relay {
+            let _ = tokio::time::timeout(Duration::from_secs(15), relay).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        self.pool.close().await;
+        Ok(())
+    }
+}

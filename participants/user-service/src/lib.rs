@@ -1,0 +1,219 @@
+//! The user service: owns users (unique e-mail, post quota) in its own database and takes part in
+//! the `register_user` and `publish_post` sagas through the participant kit.
+//!
+//! Commands: `CreateUser` / `DeleteUser`, `ReservePostQuota` / `ReleasePostQuota`, `ConfirmPost`.
+//! Business failures: e-mail already registered, unknown or disabled user, post quota exhausted,
+//! user disabled before the post was confirmed.
+
+use saga_participant::{Command, Domain, DomainError, ParticipantApp, ParticipantSettings, ServiceDefaults};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/user");
+
+/// The user service's business settings (`APP_RULES__…`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserRules {
+    /// How many posts a new user may publish.
+    pub default_post_quota: i32,
+}
+
+impl Default for UserRules {
+    fn default() -> Self {
+        Self {
+            default_post_quota: 3,
+        }
+    }
+}
+
+impl ServiceDefaults for UserRules {
+    const DATABASE_URL: &'static str = "postgres://postgres@127.0.0.1:5432/saga_users";
+    const COMMANDS_TOPIC: &'static str = "user.commands";
+    const GROUP: &'static str = "user-service";
+    const HTTP_LISTEN: &'static str = "127.0.0.1:8081";
+}
+
+pub type Settings = ParticipantSettings<UserRules>;
+
+pub struct Users {
+    rules: UserRules,
+}
+
+impl Users {
+    pub fn new(rules: UserRules) -> Self {
+        Self { rules }
+    }
+}
+
+const COMMANDS: [&str; 5] = [
+    "CreateUser",
+    "DeleteUser",
+    "ReservePostQuota",
+    "ReleasePostQuota",
+    "ConfirmPost",
+];
+
+impl Domain for Users {
+    fn name(&self) -> &'static str {
+        "user-service"
+    }
+
+    fn handles(&self, command_type: &str) -> bool {
+        COMMANDS.contains(&command_type)
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+        match cmd.command_type.as_str() {
+            "CreateUser" => self.create_user(tx, cmd).await,
+            "DeleteUser" => delete_user(tx, cmd).await,
+            "ReservePostQuota" => reserve_quota(tx, cmd).await,
+            "ReleasePostQuota" => release_quota(tx, cmd).await,
+            "ConfirmPost" => confirm_post(tx, cmd).await,
+            other => Err(DomainError::Rejected(format!(
+                "user-service does not handle `{other}`"
+            ))),
+        }
+    }
+}
+
+impl Users {
+    async fn create_user(&self, tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+        let id = cmd.uuid("user_id")?;
+        let email = cmd.text("email")?;
+        let name = cmd.text("name")?.trim();
+        if name.is_empty() {
+            return Err(DomainError::Rejected("name must not be empty".into()));
+        }
+        let inserted = sqlx::query("INSERT INTO users (id, email, name, post_quota) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(email)
+            .bind(name)
+            .bind(self.rules.default_post_quota)
+            .execute(tx)
+            .await;
+        match inserted {
+            Ok(_) => Ok(json!({ "user_id": id })),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email") => Err(
+                DomainError::Rejected(format!("e-mail {email} is already registered")),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Undoes `CreateUser`; deleting a user that is already gone succeeds.
+async fn delete_user(tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+    let id = cmd.uuid("user_id")?;
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(tx)
+        .await?;
+    Ok(json!({ "deleted": deleted.rows_affected() > 0 }))
+}
+
+/// Holds one post slot for this saga, if the user has one left.
+async fn reserve_quota(tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+    let user = cmd.uuid("user_id")?;
+    let post = cmd.uuid("post_id")?;
+    let taken: Option<i32> = sqlx::query_scalar(
+        "UPDATE users SET reserved_posts = reserved_posts + 1 \
+         WHERE id = $1 AND status = 'active' AND post_count + reserved_posts < post_quota RETURNING post_quota",
+    )
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if taken.is_none() {
+        let found: Option<(String, i32)> =
+            sqlx::query_as("SELECT status, post_quota FROM users WHERE id = $1")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let reason = match found {
+            None => format!("no user {user}"),
+            Some((status, _)) if status != "active" => format!("user {user} is {status}"),
+            Some((_, quota)) => format!("post quota of {quota} is exhausted"),
+        };
+        return Err(DomainError::Rejected(reason));
+    }
+    sqlx::query(
+        "INSERT INTO post_reservations (saga_id, user_id, post_id, state) VALUES ($1, $2, $3, 'reserved')",
+    )
+    .bind(cmd.saga_id)
+    .bind(user)
+    .bind(post)
+    .execute(tx)
+    .await?;
+    Ok(json!({}))
+}
+
+/// Undoes `ReservePostQuota`: gives this saga's slot back, if it still holds one.
+async fn release_quota(tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+    let released: Option<Uuid> = sqlx::query_scalar(
+        "DELETE FROM post_reservations WHERE saga_id = $1 AND state = 'reserved' RETURNING user_id",
+    )
+    .bind(cmd.saga_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(user) = released {
+        sqlx::query("UPDATE users SET reserved_posts = reserved_posts - 1 WHERE id = $1")
+            .bind(user)
+            .execute(tx)
+            .await?;
+    }
+    Ok(json!({ "released": released.is_some() }))
+}
+
+/// The pivot of `publish_post`: the reserved slot becomes a counted post. A user disabled while
+/// the post was being created cannot publish it.
+async fn confirm_post(tx: &mut PgConnection, cmd: &Command) -> Result<Value, DomainError> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT u.status FROM post_reservations r JOIN users u ON u.id = r.user_id WHERE r.saga_id = $1",
+    )
+    .bind(cmd.saga_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(status) = status.filter(|s| s != "active") {
+        return Err(DomainError::Rejected(format!(
+            "the user is {status} and cannot publish"
+        )));
+    }
+    let user: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE post_reservations SET state = 'confirmed' WHERE saga_id = $1 AND state = 'reserved' RETURNING user_id",
+    )
+    .bind(cmd.saga_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(user) = user else {
+        return Err(DomainError::Rejected(
+            "this saga holds no post quota reservation".into(),
+        ));
+    };
+    let count: i32 = sqlx::query_scalar(
+        "UPDATE users SET reserved_posts = reserved_posts - 1, post_count = post_count + 1 WHERE id = $1 \
+         RETURNING post_count",
+    )
+    .bind(user)
+    .fetch_one(tx)
+    .await?;
+    Ok(json!({ "post_count": count }))
+}
+
+/// The whole program: logs and span export, the service until SIGINT/SIGTERM, then a bounded flush
+/// of the spans still buffered.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let telemetry = saga_runtime::telemetry::init("user-service", settings.log_format);
+    let result = run(settings, saga_runtime::shutdown::on_signals()).await;
+    telemetry.shutdown(std::time::Duration::from_secs(5));
+    result
+}
+
+/// Builds and runs the service until `shutdown` (the end-to-end tests run it in-process).
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = ParticipantApp::build(&settings, Users::new(settings.rules.clone()), &MIGRATOR).await?;
+    tracing::info!("user-service ready");
+    app.run_until_stopped(shutdown).await
+}

@@ -1,0 +1,267 @@
+//! The one Kafka consumer loop every service runs.
+//!
+//! The loop takes every message already received (up to `max_batch`) and hands the batch to the
+//! handler, which applies it — usually in one database transaction — and returns a verdict per
+//! message: done, or poison (it can never be processed: it goes to the dead-letter topic with the
+//! reason in its headers, and the loop moves on). A transient failure (database down, write
+//! conflict) means nothing was applied: the same batch is retried with backoff and no offset is
+//! stored, so a crash redelivers it. Offsets are stored only after the handler finished the batch
+//! and every dead-letter copy was acknowledged; stored offsets are committed in the background and
+//! once more on shutdown. Under light load a batch is one message; under heavy load batches grow
+//! and the per-message cost (commits, round trips) shrinks.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::GroupConsumer;
+
+/// A received message, decoupled from librdkafka's borrowed type.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// Headers whose values are UTF-8 (others are skipped).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl<'a> Incoming<'a> {
+    pub fn from_message(m: &'a BorrowedMessage<'a>) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .filter_map(|h| {
+                        let v = std::str::from_utf8(h.value?).ok()?;
+                        Some((h.key.to_owned(), v.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            payload: m.payload(),
+            headers,
+        }
+    }
+}
+
+impl Incoming<'_> {
+    /// A consumer span for this message, continuing the trace of the publish that sent it. Handlers
+    /// do each message's work inside its span, so batching never mixes traces.
+    pub fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format!("process {}", self.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.destination.name = self.topic,
+            messaging.kafka.partition = self.partition,
+            messaging.kafka.offset = self.offset,
+            saga_id = tracing::field::Empty,
+        );
+        crate::trace::continue_from(&span, &self.headers);
+        span
+    }
+}
+
+/// The batch could not be processed now (database down, write conflict): nothing was applied, and
+/// the batch is retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transient failure: {0}")]
+pub struct Transient(pub String);
+
+impl Transient {
+    pub fn new(reason: impl std::fmt::Display) -> Self {
+        Self(reason.to_string())
+    }
+}
+
+/// Per message of a batch: `Ok` when done, `Err(reason)` when poison (dead-lettered).
+pub type Verdicts = Vec<Result<(), String>>;
+
+/// Processes messages. Must be idempotent: a message may be delivered more than once.
+pub trait Handler: Send + Sync {
+    /// Handles `batch` (in order within each partition) and returns one verdict per message, in
+    /// the same order. `Err` means nothing was applied and the whole batch is retried.
+    fn handle(&self, batch: &[Incoming<'_>]) -> impl Future<Output = Result<Verdicts, Transient>> + Send;
+}
+
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle(&self, batch: &[Incoming<'_>]) -> impl Future<Output = Result<Verdicts, Transient>> + Send {
+        (**self).handle(batch)
+    }
+}
+
+/// Publishes poison messages to `<topic>.dlq`-style topics with the reason in the headers.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, topic: String) -> Self {
+        Self { producer, topic }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Copies the message (key, payload, headers) to the dead-letter topic and adds `dlq-reason`,
+    /// `dlq-source-topic`, `dlq-source-partition` and `dlq-source-offset`. Returns once acknowledged.
+    pub async fn send(&self, m: &Incoming<'_>, reason: &str) -> Result<(), rdkafka::error::KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 4);
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let partition = m.partition.to_string();
+        let offset = m.offset.to_string();
+        for (k, v) in [
+            ("dlq-reason", reason),
+            ("dlq-source-topic", m.topic),
+            ("dlq-source-partition", partition.as_str()),
+            ("dlq-source-offset", offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(k) = m.key {
+            record = record.key(k);
+        }
+        if let Some(p) = m.payload {
+            record = record.payload(p);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+/// Runs `handler` over every message of `consumer`, in batches of at most `max_batch`, until
+/// `shutdown`.
+pub async fn run<H: Handler>(
+    consumer: GroupConsumer,
+    handler: H,
+    dead_letters: DeadLetters,
+    max_batch: usize,
+    shutdown: CancellationToken,
+) {
+    let max_batch = max_batch.max(1);
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let first = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka receive error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Everything already here joins the batch; nothing is waited for.
+        let mut messages = vec![first];
+        while messages.len() < max_batch {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka receive error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let batch: Vec<Incoming<'_>> = messages.iter().map(Incoming::from_message).collect();
+        metrics::histogram!("consumer_batch_size").record(batch.len() as f64);
+        if !process(&handler, &dead_letters, &batch, &shutdown).await {
+            break; // shutting down mid-retry: leave the offsets unstored so the batch is redelivered
+        }
+        for message in &messages {
+            if let Err(e) = consumer.store_offset_from_message(message) {
+                tracing::warn!(error = %e, "could not store consumer offset; the message may be redelivered");
+            }
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final offset commit failed (nothing stored, or rebalancing)");
+    }
+    tracing::info!("consumer stopped");
+}
+
+/// Handles one batch until it is finished and its poison dead-lettered. False only when shutting
+/// down first.
+async fn process<H: Handler>(
+    handler: &H,
+    dlq: &DeadLetters,
+    batch: &[Incoming<'_>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let verdicts = loop {
+        match handler.handle(batch).await {
+            Ok(v) => break v,
+            Err(Transient(reason)) => {
+                let first = &batch[0];
+                metrics::counter!("consumer_errors_total", "topic" => first.topic.to_owned()).increment(1);
+                tracing::warn!(topic = first.topic, partition = first.partition, offset = first.offset,
+                    messages = batch.len(), error = %reason, retry_in_ms = backoff.as_millis() as u64,
+                    "batch processing failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    };
+    for (i, m) in batch.iter().enumerate() {
+        let topic = m.topic.to_owned();
+        match verdicts.get(i).cloned().unwrap_or(Ok(())) {
+            Ok(()) => {
+                metrics::counter!("consumer_messages_total", "topic" => topic, "outcome" => "handled")
+                    .increment(1);
+            }
+            Err(reason) => {
+                let mut backoff = Duration::from_millis(50);
+                while let Err(e) = dlq.send(m, &reason).await {
+                    tracing::warn!(error = %e, %reason, "could not dead-letter a message; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                metrics::counter!("consumer_messages_total", "topic" => topic.clone(), "outcome" => "dead_lettered")
+                    .increment(1);
+                metrics::counter!("consumer_dead_lettered_total", "topic" => topic).increment(1);
+                tracing::warn!(topic = m.topic, partition = m.partition, offset = m.offset, %reason,
+                    dead_letter_topic = dlq.topic(), "dead-lettered a message");
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,96 @@
+//! PostgreSQL connection settings and pool construction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+/// Database settings. The URL may carry a password, so it is a secret and never printed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Create the database if it does not exist (development and tests).
+    pub create_if_missing: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/postgres"),
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+            create_if_missing: false,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            url: SecretString::from(url),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL is invalid: {0}")]
+    Url(sqlx::Error),
+    #[error("database name `{0}` must be 1-63 characters of a-z, A-Z, 0-9 and _")]
+    Name(String),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connect(sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens a pool (creating the database first when configured to).
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(settings.url.expose_secret()).map_err(DbError::Url)?;
+    if settings.create_if_missing {
+        create_database_if_missing(&options).await?;
+    }
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_with(options.log_statements(tracing::log::LevelFilter::Trace))
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Connects to the server's `postgres` database and creates the target database if it is missing.
+pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(DbError::Name(name));
+    }
+    let mut conn = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(DbError::Connect)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(DbError::Connect)?;
+    if !exists {
+        // The name was checked above to be a plain identifier, so quoting it is enough.
+        match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our CREATE.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(DbError::Connect(e)),
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}

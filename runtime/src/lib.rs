@@ -1,0 +1,23 @@
+//! What the three services of the saga coordinator share, written once.
+//!
+//! Layout:
+//! - [`kafka`]: typed Kafka settings → idempotent producer, offset-safe consumer, topic creation.
+//! - [`outbox`]: [`outbox::enqueue`] inside a transaction, and the [`outbox::Relay`] that publishes.
+//! - [`consumer`]: the consume → handle → store-offset loop with dead-lettering and retries.
+//! - [`db`]: PostgreSQL settings and pool construction; [`config`]: settings loading.
+//! - [`http`]: the metrics/health HTTP port every service serves.
+//! - [`shutdown`], [`telemetry`], [`trace`]: signals; logs, spans and OTLP export; trace-context
+//!   propagation through gRPC, outbox rows and Kafka headers.
+//! - `testing` (feature `test-util`): throwaway databases and topic readers for integration tests.
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod kafka;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
+pub mod trace;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The load benchmark: brings up a fresh broker, fresh databases and release builds of the three
+# services on their own ports, then runs the load generator against them (arguments pass through).
+#
+#   scripts/bench.sh                                  # open loop, 500 register_user sagas/s, 30 s
+#   scripts/bench.sh --rate 1000 --duration 60        # the throughput target
+#   scripts/bench.sh --mode closed --clients 32       # closed loop
+#   scripts/bench.sh --mix mixed                      # with publish_post and compensations
+#   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$SAGA_ROOT"
+
+BROKER_PORT="${BENCH_BROKER_PORT:-29092}"
+GRPC_PORT=50052
+LOGS="$SAGA_ROOT/target/bench"
+mkdir -p "$LOGS"
+args=()
+short=false
+for a in "$@"; do
+    if [ "$a" = "--short" ]; then short=true; else args+=("$a"); fi
+done
+$short && args=(--rate 50 --duration 5 --mix mixed "${args[@]}")
+
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ensure_build_tools
+ensure_postgres
+if port_open 127.0.0.1 "$BROKER_PORT"; then
+    die "something already listens on 127.0.0.1:$BROKER_PORT; the benchmark wants a broker of its own"
+fi
+broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/broker.log")"
+pids+=("$broker_pid")
+for db in bench_orchestrator bench_users bench_posts; do
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+done
+
+if $short; then profile=debug; cargo build --quiet --bins; else profile=release; cargo build --release --quiet --bins; fi
+bin="$SAGA_ROOT/target/$profile"
+
+export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
+export APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS="${APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS:-5}"
+# Two partitions per topic: one replica of each service needs no more, and tansu's work per fetch
+# grows with the partitions fetched (8 partitions cost it 2.4x the idle CPU of 2; docs/PERFORMANCE.md).
+export APP_KAFKA__PARTITIONS="${APP_KAFKA__PARTITIONS:-2}"
+export APP_KAFKA__CONSUMER__SESSION_TIMEOUT_MS=6000
+export APP_KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS=1000
+export APP_DATABASE__CREATE_IF_MISSING=true
+export RUST_LOG="${RUST_LOG:-warn}"
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_orchestrator" \
+APP_GRPC__LISTEN="127.0.0.1:$GRPC_PORT" APP_HTTP__LISTEN=127.0.0.1:18080 \
+    "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
+pids+=("$!")
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_users" APP_HTTP__LISTEN=127.0.0.1:18081 \
+APP_RULES__DEFAULT_POST_QUOTA=100000000 \
+    "$bin/user-service" >"$LOGS/user-service.log" 2>&1 &
+pids+=("$!")
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_posts" APP_HTTP__LISTEN=127.0.0.1:18082 \
+    "$bin/post-service" >"$LOGS/post-service.log" 2>&1 &
+pids+=("$!")
+wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"
+
+# Warm-up: a few sagas through the whole pipeline prove every consumer group has joined.
+log "warming up"
+"$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" --rate 20 --duration 1 --drain-secs 60 --no-audit >/dev/null
+log "load: ${args[*]:-(defaults)}"
+"$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" "${args[@]}"

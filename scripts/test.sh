@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
+# the tansu broker, headless Chromium), then runs formatting, lints and every test against the real
+# services. Dashboard screenshots land in target/dashboard-screenshots/.
+#
+#   scripts/test.sh            # everything CI runs
+#   scripts/test.sh -- <args>  # extra arguments for the test runner (e.g. a test name filter)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$SAGA_ROOT"
+
+TEST_BROKER_PORT="${TEST_BROKER_PORT:-19092}"
+mkdir -p target
+broker_pid=""
+cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+ensure_build_tools
+ensure_browser
+ensure_postgres
+drop_test_databases
+broker_pid="$(start_broker "$TEST_BROKER_PORT" target/test-broker.log)"
+
+export SAGA_TEST_DATABASE_URL="postgres://postgres@$PG_HOST:$PG_PORT"
+export SAGA_TEST_KAFKA_BROKERS="127.0.0.1:$TEST_BROKER_PORT"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+extra=()
+[ "${1:-}" = "--" ] && shift && extra=("$@")
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-features --no-fail-fast "${extra[@]}"
+else
+    cargo test --workspace --all-features --no-fail-fast "${extra[@]}"
+fi
+log "all tests passed"
