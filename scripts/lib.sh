@@ -41,6 +41,8 @@ wait_port() { # host port seconds what
 
 ensure_build_tools() {
     command -v cc >/dev/null && command -v make >/dev/null || apt_install build-essential
+    # librdkafka links the system OpenSSL for TLS and SASL/SCRAM to the brokers.
+    { command -v pkg-config >/dev/null && pkg-config --exists openssl; } || apt_install pkg-config libssl-dev
     command -v cargo >/dev/null || die "cargo is missing: install Rust from https://rustup.rs"
 }
 

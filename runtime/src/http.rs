@@ -3,7 +3,7 @@
 //! the same server.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rdkafka::producer::{FutureProducer, Producer};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::tls::{TlsError, TlsFiles};
 
 /// Histogram buckets for durations in seconds (1 ms … 60 s), fine around the 5-50 ms range where
 /// publish lag and step latencies live.
@@ -31,12 +34,15 @@ const SECONDS_BUCKETS: &[f64] = &[
 pub struct HttpSettings {
     /// Address of the metrics/health (and, for the orchestrator, dashboard) port; port 0 picks one.
     pub listen: String,
+    /// Serve HTTPS with this certificate and key (`APP_HTTP__TLS__CERT_FILE` / `KEY_FILE`).
+    pub tls: TlsFiles,
 }
 
 impl HttpSettings {
     pub fn on(listen: &str) -> Self {
         Self {
             listen: listen.into(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -162,18 +168,70 @@ pub fn router(probes: Probes, extra: Router) -> Router {
         .merge(extra)
 }
 
-/// Binds the HTTP port (so the caller knows the address before serving).
-pub async fn bind(settings: &HttpSettings) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(&settings.listen).await?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
 }
 
-/// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+/// A bound HTTP port, with its TLS configuration when HTTPS is on.
+pub struct HttpListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<RustlsConfig>,
+}
+
+impl HttpListener {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https` when the port serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// Binds the HTTP port (so the caller knows the address before serving), after loading the TLS
+/// certificate and key when configured.
+pub async fn bind(settings: &HttpSettings) -> Result<HttpListener, BindError> {
+    let tls = match settings.tls.load("http.tls")? {
+        Some(identity) => Some(RustlsConfig::from_config(Arc::new(identity.server_config()?))),
+        None => None,
+    };
+    let listen = |e| BindError::Listen(settings.listen.clone(), e);
+    let listener = TcpListener::bind(&settings.listen).await.map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
+    Ok(HttpListener { listener, addr, tls })
+}
+
+/// Serves until `shutdown` (open connections get 5 s to finish).
+pub async fn serve(listener: HttpListener, router: Router, shutdown: CancellationToken) {
+    let served = match listener.tls {
+        None => {
+            axum::serve(listener.listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            match listener
+                .listener
+                .into_std()
+                .and_then(|l| axum_server::from_tcp_rustls(l, tls))
+            {
+                Ok(server) => server.handle(handle).serve(router.into_make_service()).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP server failed");
     }

@@ -5,7 +5,7 @@
 //! - [`outbox`]: [`outbox::enqueue`] inside a transaction, and the [`outbox::Relay`] that publishes.
 //! - [`consumer`]: the consume → handle → store-offset loop with dead-lettering and retries.
 //! - [`db`]: PostgreSQL settings and pool construction; [`config`]: settings loading.
-//! - [`http`]: the metrics/health HTTP port every service serves.
+//! - [`http`]: the metrics/health HTTP port every service serves (plain or TLS, see [`tls`]).
 //! - [`shutdown`], [`telemetry`], [`trace`]: signals; logs, spans and OTLP export; trace-context
 //!   propagation through gRPC, outbox rows and Kafka headers.
 //! - `testing` (feature `test-util`): throwaway databases and topic readers for integration tests.
@@ -20,4 +20,5 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod tls;
 pub mod trace;

@@ -33,7 +33,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-/// Number of lanes; `outbox_lanes` must hold exactly the rows `0..LANES` (checked by [`Relay::new`]).
+/// Number of lanes: each is one session advisory lock `(LOCK_SPACE, lane)` a relay can hold.
 pub const LANES: i16 = 16;
 
 /// The notification channel the outbox trigger signals.

@@ -81,6 +81,7 @@ pub fn kafka_settings() -> KafkaSettings {
         client: BTreeMap::new(),
         consumer,
         producer: BTreeMap::new(),
+        security: crate::kafka::KafkaSecurity::default(),
     }
 }
 
@@ -199,5 +200,77 @@ impl TopicReader {
             out.push(r);
         }
         out
+    }
+}
+
+/// Certificates for TLS tests, generated fresh (rcgen) and written as PEM files: a CA; a server
+/// certificate for `localhost` and `127.0.0.1` and a client certificate, both signed by it; and
+/// a second CA that signed nothing here (a client trusting only it must refuse the server).
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub other_ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = std::env::temp_dir().join(unique("saga-pki"));
+        std::fs::create_dir_all(&dir).expect("PKI directory");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("CA key");
+            let cert = params.self_signed(&key).expect("CA certificate");
+            (cert, Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>, names: &[&str], usage| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let mut params = CertificateParams::new(names.clone()).expect("leaf params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, names[0].as_str());
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = params.signed_by(&key, issuer).expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_cert, ca_issuer) = ca("saga test CA");
+        let (other_cert, _) = ca("someone else's CA");
+        let (server_cert, server_key) = leaf(
+            &ca_issuer,
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(&ca_issuer, &["sagactl"], ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            ca: write("ca.pem", ca_cert.pem()),
+            other_ca: write("other-ca.pem", other_cert.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

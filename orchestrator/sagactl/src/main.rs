@@ -8,6 +8,7 @@
 mod output;
 mod when;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 const EXIT_CODES: &str = "Exit codes:
@@ -44,6 +45,28 @@ struct Cli {
         global = true
     )]
     server: String,
+    /// PEM file of the CA that signed the orchestrator's certificate (TLS; implies https).
+    /// Without it, an https:// server is checked against the system's CA store.
+    #[arg(long, env = "SAGACTL_CA_FILE", value_name = "PEM", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for an orchestrator that requires mutual TLS; with --key-file.
+    #[arg(
+        long,
+        env = "SAGACTL_CERT_FILE",
+        value_name = "PEM",
+        global = true,
+        requires = "key_file"
+    )]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SAGACTL_KEY_FILE",
+        value_name = "PEM",
+        global = true,
+        requires = "cert_file"
+    )]
+    key_file: Option<PathBuf>,
     /// Bearer token: an operator's for replay, retry and abort.
     #[arg(long, env = "SAGACTL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -225,13 +248,39 @@ enum Failure {
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
-        Failure::Status(s)
+        // A call that never reached the server (the connection broke, or the TLS handshake was
+        // refused, e.g. mutual TLS without a client certificate) comes back as a status with a
+        // transport error as its source: report it as unreachable, with the innermost reason.
+        // (A status the server sent has no source.)
+        match std::error::Error::source(&s) {
+            Some(source) => Failure::Unreachable(innermost(source)),
+            None => Failure::Status(s),
+        }
     }
 }
 
+/// The most specific message in an error's chain of sources.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        why = s.to_string();
+        source = s.source();
+    }
+    why
+}
+
 impl Failure {
-    fn exit(self, server: &str) -> ExitCode {
+    fn exit(self, server: &str, tls: bool) -> ExitCode {
         let (code, message) = match self {
+            Failure::Unreachable(why) if tls => (
+                3,
+                format!(
+                    "cannot reach the orchestrator at {server} over TLS: {why} (is it running? does \
+                     --ca-file name the CA of its certificate, and does it require a client \
+                     certificate: --cert-file/--key-file?)"
+                ),
+            ),
             Failure::Unreachable(why) => (
                 3,
                 format!(
@@ -273,7 +322,38 @@ impl Interceptor for Bearer {
 
 type Client = SagaOrchestratorClient<InterceptedService<Channel, Bearer>>;
 
-async fn connect(server: &str, token: Option<&str>) -> Result<Client, Failure> {
+/// TLS settings from the command line: `None` for a plain-text `http://` server.
+fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, Failure> {
+    let wants_tls = cli.server.starts_with("https://") || cli.ca_file.is_some() || cli.cert_file.is_some();
+    if !wants_tls {
+        return Ok(None);
+    }
+    if cli.server.starts_with("http://") {
+        return Err(Failure::Usage(format!(
+            "--server {} is plain text, but TLS files were given: use https://",
+            cli.server
+        )));
+    }
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| Failure::Usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &cli.ca_file {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca-file", ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
+        tls = tls.identity(Identity::from_pem(
+            read("--cert-file", cert)?,
+            read("--key-file", key)?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let (server, token) = (cli.server.as_str(), cli.token.as_deref());
+    let tls = tls_config(cli)?;
     let bearer = token
         .map(|t| {
             format!("Bearer {t}")
@@ -284,15 +364,16 @@ async fn connect(server: &str, token: Option<&str>) -> Result<Client, Failure> {
     let endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| Failure::Usage(format!("--server: `{server}` is not a URL: {e}")))?
         .connect_timeout(Duration::from_secs(3));
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            why = s.to_string();
-            source = s.source();
-        }
-        Failure::Unreachable(why)
-    })?;
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::Usage(format!("TLS settings: {e}")))?,
+        None => endpoint,
+    };
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Unreachable(innermost(&e)))?;
     Ok(SagaOrchestratorClient::with_interceptor(channel, Bearer(bearer)))
 }
 
@@ -309,7 +390,7 @@ fn is_terminal(state: i32) -> bool {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.output == Format::Json;
-    let mut c = connect(&cli.server, cli.token.as_deref()).await?;
+    let mut c = connect(&cli).await?;
     match cli.command {
         Command::Start {
             saga_type,
@@ -519,8 +600,9 @@ fn acted(verb: &str, r: &pb::OperatorActionResponse, json: bool) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = cli.server.clone();
+    let tls = server.starts_with("https://") || cli.ca_file.is_some() || cli.cert_file.is_some();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.exit(&server),
+        Err(f) => f.exit(&server, tls),
     }
 }

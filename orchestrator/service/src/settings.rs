@@ -10,7 +10,9 @@ use crate::auth::AuthSettings;
 use saga_runtime::kafka::KafkaSettings;
 use saga_runtime::outbox::RelaySettings;
 use saga_runtime::telemetry::LogFormat;
+use saga_runtime::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -57,6 +59,46 @@ pub struct GrpcSettings {
     pub listen: String,
     /// Largest accepted `payload_json`, in bytes.
     pub max_payload_bytes: usize,
+    /// TLS for the API (`APP_GRPC__TLS__…`); plain text when unset.
+    pub tls: GrpcTls,
+}
+
+/// Server certificate and key, and optionally the CA that client certificates must chain to
+/// (mutual TLS: a client without such a certificate is refused during the handshake).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl GrpcTls {
+    /// The tonic TLS configuration, or `None` for plain text. Files are read now, so a bad path
+    /// or PEM stops start-up with the file named.
+    pub fn server_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let files = TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        };
+        let Some(identity) = files.load("grpc.tls")? else {
+            if self.client_ca_file.is_some() {
+                anyhow::bail!(
+                    "grpc.tls.client_ca_file (mutual TLS) needs grpc.tls.cert_file and grpc.tls.key_file"
+                );
+            }
+            return Ok(None);
+        };
+        // Checks the pair now (tonic would only find a bad key on the first handshake).
+        identity.server_config()?;
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        if let Some(ca) = &self.client_ca_file {
+            let pem = saga_runtime::tls::read_pem("client CA file", ca)?;
+            config = config.client_ca_root(Certificate::from_pem(pem));
+        }
+        Ok(Some(config))
+    }
 }
 
 impl Default for GrpcSettings {
@@ -64,6 +106,7 @@ impl Default for GrpcSettings {
         Self {
             listen: "127.0.0.1:50051".into(),
             max_payload_bytes: 64 * 1024,
+            tls: GrpcTls::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 
 use crate::api::SagaApi;
 use crate::auth::Authenticator;
@@ -68,9 +69,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub struct Application {
     settings: Settings,
+    grpc_tls: Option<ServerTlsConfig>,
     auth: Arc<Authenticator>,
     listener: TcpListener,
-    http: (TcpListener, SocketAddr),
+    http: http::HttpListener,
     pool: PgPool,
     coordinator: Arc<Coordinator>,
     replies: Option<GroupConsumer>,
@@ -83,6 +85,13 @@ impl Application {
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        settings.kafka.security.validate()?;
+        let grpc_tls = settings.grpc.tls.server_config()?;
+        if let Some(tls) = &grpc_tls {
+            tonic::transport::Server::builder()
+                .tls_config(tls.clone())
+                .context("gRPC TLS")?;
+        }
         let catalog = match &settings.catalog_path {
             Some(path) => Catalog::from_file(path)?,
             None => Catalog::builtin()?,
@@ -128,9 +137,10 @@ impl Application {
             .with_context(|| format!("binding the gRPC address {}", settings.grpc.listen))?;
         let http = http::bind(&settings.http)
             .await
-            .with_context(|| format!("binding the HTTP address {}", settings.http.listen))?;
+            .context("setting up the HTTP port")?;
         Ok(Self {
             settings,
+            grpc_tls,
             auth,
             listener,
             http,
@@ -148,7 +158,7 @@ impl Application {
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.1
+        self.http.addr()
     }
 
     pub fn coordinator(&self) -> Arc<Coordinator> {
@@ -172,6 +182,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             settings,
+            grpc_tls,
             auth,
             listener,
             http,
@@ -179,6 +190,10 @@ impl Application {
             coordinator,
             replies,
         } = self;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = grpc_tls {
+            server = server.tls_config(tls).context("gRPC TLS")?;
+        }
         let kafka = &settings.kafka;
         let mut tasks = JoinSet::new();
         if settings.relay.enabled {
@@ -219,7 +234,7 @@ impl Application {
             changes: changes.clone(),
             shutdown: shutdown.clone(),
         });
-        tasks.spawn(http::serve(http.0, http::router(probes, board), shutdown.clone()));
+        tasks.spawn(http::serve(http, http::router(probes, board), shutdown.clone()));
         let api = SagaApi::new(
             coordinator,
             auth,
@@ -234,7 +249,7 @@ impl Application {
             .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let served = tonic::transport::Server::builder()
+        let served = server
             .add_service(health_service)
             .add_service(reflection)
             .add_service(SagaOrchestratorServer::new(api))

@@ -17,7 +17,6 @@ use saga_runtime::telemetry::LogFormat;
 use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +88,7 @@ pub async fn migrate<R>(
 /// A built participant service, ready to run.
 pub struct ParticipantApp<D> {
     pool: PgPool,
-    http: (TcpListener, SocketAddr),
+    http: http::HttpListener,
     kafka: KafkaSettings,
     relay: RelaySettings,
     commands_topic: String,
@@ -104,6 +103,7 @@ impl<D: Domain> ParticipantApp<D> {
         domain: D,
         migrator: &'static Migrator,
     ) -> anyhow::Result<Self> {
+        settings.kafka.security.validate()?;
         let pool = db::connect(&settings.database)
             .await
             .with_context(|| format!("connecting to the {} database", domain.name()))?;
@@ -125,7 +125,7 @@ impl<D: Domain> ParticipantApp<D> {
         let participant = Participant::new(pool.clone(), Arc::new(domain), replies);
         let http = http::bind(&settings.http)
             .await
-            .with_context(|| format!("binding the HTTP address {}", settings.http.listen))?;
+            .context("setting up the HTTP port")?;
         Ok(Self {
             pool,
             http,
@@ -143,7 +143,7 @@ impl<D: Domain> ParticipantApp<D> {
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.1
+        self.http.addr()
     }
 
     /// Command-topic partitions currently assigned to this instance (0 while joining the group).
@@ -164,7 +164,7 @@ impl<D: Domain> ParticipantApp<D> {
             producer: self.kafka.producer()?,
         };
         let router = http::router(probes, Router::new());
-        let server = tokio::spawn(http::serve(self.http.0, router, shutdown.clone()));
+        let server = tokio::spawn(http::serve(self.http, router, shutdown.clone()));
         let dead = DeadLetters::new(
             self.kafka.producer()?,
             self.kafka.dead_letter_topic(&self.commands_topic),
