@@ -5,14 +5,12 @@
 //! and `SAGA_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`). `scripts/test.sh` starts both.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgPool};
 
 use crate::kafka::KafkaSettings;
@@ -35,7 +33,7 @@ pub fn unique(prefix: &str) -> String {
 pub async fn fresh_database(migrator: &Migrator) -> (PgPool, String) {
     let server = database_server_url();
     let name = unique("test_");
-    let admin = PgConnectOptions::from_str(&server).expect("SAGA_TEST_DATABASE_URL is a valid URL");
+    let admin = crate::db::connect_options(&server).expect("SAGA_TEST_DATABASE_URL is a valid URL");
     let mut conn = sqlx::PgConnection::connect_with(&admin.clone().database("postgres"))
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {server} ({e}); run scripts/test.sh"));
