@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
 # the tansu broker, headless Chromium), then runs formatting, lints and every test against the real
-# services. Dashboard screenshots land in target/dashboard-screenshots/.
+# services, then the load benchmark's short smoke run and the offline Kubernetes manifest checks.
+# Dashboard screenshots land in target/dashboard-screenshots/.
 #
 #   scripts/test.sh            # everything CI runs
 #   scripts/test.sh -- <args>  # extra arguments for the test runner (e.g. a test name filter)
@@ -36,5 +37,13 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-features --no-fail-fast "${extra[@]}"
 else
     cargo test --workspace --all-features --no-fail-fast "${extra[@]}"
+fi
+if [ "${#extra[@]}" -eq 0 ]; then
+    # The load benchmark in its short mode, as a smoke test: the real services (debug builds)
+    # under a little mixed load, every saga terminal and the databases consistent. No timings.
+    log "load benchmark smoke: scripts/bench.sh --short"
+    scripts/bench.sh --short
+    log "Kubernetes manifests: scripts/k8s-validate.sh"
+    scripts/k8s-validate.sh -q
 fi
 log "all tests passed"
