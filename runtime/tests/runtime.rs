@@ -336,3 +336,45 @@ async fn consumer_loop_retries_transient_failures_and_dead_letters_poison() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_relay_vacuums_the_outbox_it_empties() {
+    let (pool, _) = fresh_database(&MIGRATOR).await;
+    let kafka = kafka_settings();
+    let topic = kafka.topic("vacuum");
+    let reader = TopicReader::new(&kafka, &topic).await;
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(
+        Relay::new(pool.clone(), kafka.producer().unwrap(), RelaySettings::default()).run(stop.clone()),
+    );
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(vacuums().await, 0);
+    // More deletes than the relay's vacuum threshold (2,000), in a few transactions.
+    for chunk in 0..5 {
+        let rows: Vec<_> = (0..500)
+            .map(|i| message(&topic, &format!("k{i}"), &format!("{chunk}-{i}")))
+            .collect();
+        write(&pool, &rows).await;
+    }
+    assert_eq!(reader.take(2_500, Duration::from_secs(60)).await.len(), 2_500);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while vacuums().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never vacuumed the outbox (autovacuum here: {})",
+            sqlx::query_scalar::<_, String>("SHOW autovacuum")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    relay.await.unwrap();
+    assert_eq!(outbox_rows(&pool).await, 0);
+}
