@@ -323,9 +323,15 @@ impl Interceptor for Bearer {
 type Client = SagaOrchestratorClient<InterceptedService<Channel, Bearer>>;
 
 /// TLS settings from the command line: `None` for a plain-text `http://` server.
+impl Cli {
+    /// Whether the connection is to use TLS: an https:// server, or TLS files given.
+    fn wants_tls(&self) -> bool {
+        self.server.starts_with("https://") || self.ca_file.is_some() || self.cert_file.is_some()
+    }
+}
+
 fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, Failure> {
-    let wants_tls = cli.server.starts_with("https://") || cli.ca_file.is_some() || cli.cert_file.is_some();
-    if !wants_tls {
+    if !cli.wants_tls() {
         return Ok(None);
     }
     if cli.server.starts_with("http://") {
@@ -600,7 +606,7 @@ fn acted(verb: &str, r: &pb::OperatorActionResponse, json: bool) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = cli.server.clone();
-    let tls = server.starts_with("https://") || cli.ca_file.is_some() || cli.cert_file.is_some();
+    let tls = cli.wants_tls();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.exit(&server, tls),

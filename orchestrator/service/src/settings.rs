@@ -89,8 +89,6 @@ impl GrpcTls {
             }
             return Ok(None);
         };
-        // Checks the pair now (tonic would only find a bad key on the first handshake).
-        identity.server_config()?;
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
         if let Some(ca) = &self.client_ca_file {

@@ -88,6 +88,8 @@ impl Application {
         settings.kafka.security.validate()?;
         let grpc_tls = settings.grpc.tls.server_config()?;
         if let Some(tls) = &grpc_tls {
+            // Builds the TLS acceptor once now, so a key that does not match its certificate or
+            // an unparsable client CA stops start-up instead of the first handshake.
             tonic::transport::Server::builder()
                 .tls_config(tls.clone())
                 .context("gRPC TLS")?;
