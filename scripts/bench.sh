@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The load benchmark: brings up a fresh broker, fresh databases and release builds of the three
-# services on their own ports, then runs the load generator against them (arguments pass through).
+# The load benchmark: brings up a fresh Kafka broker, fresh databases and release builds of the
+# three services on their own ports, then runs the load generator against them (arguments pass
+# through to bench/src/bin/loadgen.rs).
 #
 #   scripts/bench.sh                                  # open loop, 500 register_user sagas/s, 30 s
 #   scripts/bench.sh --rate 1000 --duration 60        # the throughput target
 #   scripts/bench.sh --mode closed --clients 32       # closed loop
 #   scripts/bench.sh --mix mixed                      # with publish_post and compensations
+#   scripts/bench.sh --soak                           # 10 minutes at 150/s, mixed, a report a minute
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -18,15 +20,21 @@ mkdir -p "$LOGS"
 args=()
 short=false
 for a in "$@"; do
-    if [ "$a" = "--short" ]; then short=true; else args+=("$a"); fi
+    case "$a" in
+        --short) short=true ;;
+        --soak) args+=(--rate 150 --duration 600 --mix mixed --report-secs 60) ;;
+        *) args+=("$a") ;;
+    esac
 done
 $short && args=(--rate 50 --duration 5 --mix mixed "${args[@]}")
 
 pids=()
+broker_pid=""
 cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    stop_broker "$broker_pid"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -36,8 +44,8 @@ ensure_postgres
 if port_open 127.0.0.1 "$BROKER_PORT"; then
     die "something already listens on 127.0.0.1:$BROKER_PORT; the benchmark wants a broker of its own"
 fi
-broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/broker.log")"
-pids+=("$broker_pid")
+rm -rf "$LOGS/kafka"
+broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/kafka" "$LOGS/broker.log")"
 for db in bench_orchestrator bench_users bench_posts; do
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 done
@@ -46,12 +54,6 @@ if $short; then profile=debug; cargo build --quiet --bins; else profile=release;
 bin="$SAGA_ROOT/target/$profile"
 
 export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
-export APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS="${APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS:-5}"
-# Two partitions per topic: one replica of each service needs no more, and tansu's work per fetch
-# grows with the partitions fetched (8 partitions cost it 2.4x the idle CPU of 2; docs/PERFORMANCE.md).
-export APP_KAFKA__PARTITIONS="${APP_KAFKA__PARTITIONS:-2}"
-export APP_KAFKA__CONSUMER__SESSION_TIMEOUT_MS=6000
-export APP_KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS=1000
 export APP_DATABASE__CREATE_IF_MISSING=true
 export RUST_LOG="${RUST_LOG:-warn}"
 APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_orchestrator" \
@@ -71,4 +73,4 @@ wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"
 log "warming up"
 "$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" --rate 20 --duration 1 --drain-secs 60 --no-audit >/dev/null
 log "load: ${args[*]:-(defaults)}"
-"$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" "${args[@]}"
+"$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" --broker-pid "$broker_pid" "${args[@]}"

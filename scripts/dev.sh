@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Brings up everything on this machine — PostgreSQL, the tansu broker, the orchestrator, the user
-# service and the post service — and runs the demo. Installs what is missing.
+# Brings up everything on this machine — PostgreSQL, Apache Kafka, the orchestrator, the user
+# service and the post service — and runs the demo. Installs what is missing. The broker's log
+# (in ~/.cache/saga-coordinator/dev-kafka) and the three databases are kept across runs: stop it,
+# start it again, and the sagas of the last run are still there.
 #
 #   scripts/dev.sh           # demo, then keep the stack running until Ctrl-C
 #   scripts/dev.sh --once    # demo, then stop everything (exit status = the demo's)
@@ -24,26 +26,19 @@ GRPC_PORT="${GRPC_PORT:-50051}"
 LOGS="$SAGA_ROOT/target/dev"
 mkdir -p "$LOGS"
 pids=()
+broker_pid=""
 cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    stop_broker "$broker_pid"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ensure_build_tools
 ensure_postgres
-broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/broker.log")"
-if [ -n "$broker_pid" ]; then
-    pids+=("$broker_pid")
-    # The broker keeps messages in memory only: a new broker has lost every message of an earlier
-    # run, so start the databases afresh as well rather than leave sagas waiting on lost replies.
-    for db in saga_orchestrator saga_users saga_posts; do
-        psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
-    done
-    log "fresh broker, fresh databases (saga_orchestrator, saga_users, saga_posts)"
-fi
+broker_pid="$(start_broker "$BROKER_PORT" "$SAGA_CACHE/dev-kafka" "$LOGS/broker.log")"
 
 log "building ($profile)"
 if [ "$profile" = release ]; then
@@ -53,15 +48,7 @@ else
 fi
 bin="$SAGA_ROOT/target/$profile"
 
-# Local settings: the broker above, quick consumer-group joins and short fetch waits (tansu waits
-# the full fetch.wait.max.ms even when data is there).
 export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
-export APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=10
-# Two partitions per topic: one replica of each service needs no more, and tansu's work per fetch
-# grows with the partitions fetched (8 partitions cost it 2.4x the idle CPU of 2; docs/PERFORMANCE.md).
-export APP_KAFKA__PARTITIONS=2
-export APP_KAFKA__CONSUMER__SESSION_TIMEOUT_MS=6000
-export APP_KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS=1000
 export RUST_LOG="${RUST_LOG:-info}"
 
 # A development operator credential for sagactl (export SAGACTL_TOKEN to use it).
@@ -85,8 +72,9 @@ if $once; then
 fi
 cat <<TXT
 
-The stack is up: orchestrator gRPC on 127.0.0.1:$GRPC_PORT (reflection on), broker on
-127.0.0.1:$BROKER_PORT, databases saga_orchestrator / saga_users / saga_posts on $PG_HOST:$PG_PORT.
+The stack is up: orchestrator gRPC on 127.0.0.1:$GRPC_PORT (reflection on), Apache Kafka on
+127.0.0.1:$BROKER_PORT (log: $SAGA_CACHE/dev-kafka), databases saga_orchestrator / saga_users /
+saga_posts on $PG_HOST:$PG_PORT — all kept when you stop and start again.
 Dashboard: http://127.0.0.1:8080/ (sign in with $DEV_OPERATOR_TOKEN to act).
 Metrics and health: http://127.0.0.1:8080/metrics (orchestrator), :8081 (user-service), :8082
 (post-service), each with /healthz and /readyz. Set OTEL_EXPORTER_OTLP_ENDPOINT before starting to

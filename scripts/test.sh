@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
-# the tansu broker, headless Chromium), then runs formatting, lints and every test against the real
-# services, then the load benchmark's short smoke run and the offline Kubernetes manifest checks.
+# Apache Kafka, headless Chromium, cargo-nextest), then runs formatting, lints and every test against
+# the real services, then the load benchmark's short smoke run and the offline Kubernetes manifest
+# checks.
 # Dashboard screenshots land in target/dashboard-screenshots/.
 #
 #   scripts/test.sh            # everything CI runs
@@ -13,14 +14,17 @@ cd "$SAGA_ROOT"
 TEST_BROKER_PORT="${TEST_BROKER_PORT:-19092}"
 mkdir -p target
 broker_pid=""
-cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true; }
+cleanup() { stop_broker "$broker_pid"; }
 trap cleanup EXIT
 
 ensure_build_tools
+ensure_nextest
 ensure_browser
 ensure_postgres
 drop_test_databases
-broker_pid="$(start_broker "$TEST_BROKER_PORT" target/test-broker.log)"
+# A new, empty broker for every run (tests that kill or wipe a broker start brokers of their own).
+rm -rf target/test-kafka
+broker_pid="$(start_broker "$TEST_BROKER_PORT" target/test-kafka target/test-kafka.log)"
 
 export SAGA_TEST_DATABASE_URL="postgres://postgres@$PG_HOST:$PG_PORT"
 export SAGA_TEST_KAFKA_BROKERS="127.0.0.1:$TEST_BROKER_PORT"
@@ -33,11 +37,7 @@ cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 extra=()
 [ "${1:-}" = "--" ] && shift && extra=("$@")
 log "tests"
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-features --no-fail-fast "${extra[@]}"
-else
-    cargo test --workspace --all-features --no-fail-fast "${extra[@]}"
-fi
+cargo nextest run --workspace --all-features --no-fail-fast "${extra[@]}"
 if [ "${#extra[@]}" -eq 0 ]; then
     # The load benchmark in its short mode, as a smoke test: the real services (debug builds)
     # under a little mixed load, every saga terminal and the databases consistent. No timings.

@@ -536,4 +536,9 @@ impl Metrics {
     pub fn has(&self, name: &str) -> bool {
         self.series.iter().any(|(n, _, _)| n == name)
     }
+
+    /// Adds another scrape's series (e.g. another service's).
+    pub fn extend(&mut self, other: Metrics) {
+        self.series.extend(other.series);
+    }
 }

@@ -18,10 +18,10 @@ use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::GroupConsumer;
+use crate::kafka::{Producer, Subscription};
 
 /// A received message, decoupled from librdkafka's borrowed type.
 #[derive(Debug, Clone)]
@@ -109,12 +109,12 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
 /// Publishes poison messages to `<topic>.dlq`-style topics with the reason in the headers.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: Producer, topic: String) -> Self {
         Self { producer, topic }
     }
 
@@ -152,46 +152,54 @@ impl DeadLetters {
         if let Some(p) = m.payload {
             record = record.payload(p);
         }
-        self.producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+        let sent = self.producer.get().send(record, Duration::from_secs(10)).await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                self.producer.recover(&self.topic, &e).await;
+                Err(e)
+            }
+        }
     }
 }
 
-/// Runs `handler` over every message of `consumer`, in batches of at most `max_batch`, until
-/// `shutdown`.
+/// Runs `handler` over every message of the subscription, in batches of at most its
+/// `max_batch`, until `shutdown`. A receive error is reported to the subscription's health check,
+/// and a missing topic is created again ([`Subscription::repair`]).
 pub async fn run<H: Handler>(
-    consumer: GroupConsumer,
+    mut subscription: Subscription,
     handler: H,
     dead_letters: DeadLetters,
-    max_batch: usize,
     shutdown: CancellationToken,
 ) {
-    let max_batch = max_batch.max(1);
+    let max_batch = subscription.max_batch();
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = consumer.recv() => m,
+            m = subscription.consumer().recv() => m,
         };
         let first = match received {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "kafka receive error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !subscription.repair(&e).await {
+                    tracing::debug!(error = %e, "kafka receive error");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
                 continue;
             }
         };
+        subscription.fetched();
+        let consumer = subscription.consumer();
         // Everything already here joins the batch; nothing is waited for.
         let mut messages = vec![first];
         while messages.len() < max_batch {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => messages.push(m),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka receive error");
-                    break;
-                }
+                // Seen again (and handled) by the next receive.
+                Some(Err(_)) => break,
                 None => break,
             }
         }
@@ -206,7 +214,7 @@ pub async fn run<H: Handler>(
             }
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(e) = subscription.consumer().commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final offset commit failed (nothing stored, or rebalancing)");
     }
     tracing::info!("consumer stopped");

@@ -1,6 +1,6 @@
 //! Each service's HTTP port: `/metrics` (Prometheus text), `/healthz` (the process is alive) and
-//! `/readyz` (its database and the Kafka brokers answer). The orchestrator mounts its dashboard on
-//! the same server.
+//! `/readyz` (its database and the Kafka brokers answer, and its relay and consumers can do their
+//! work: see [`crate::health`]). The orchestrator mounts its dashboard on the same server.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
+use crate::kafka::Producer;
 use crate::tls::{TlsError, TlsFiles};
 
 /// Histogram buckets for durations in seconds (1 ms … 60 s), fine around the 5-50 ms range where
@@ -72,7 +74,9 @@ pub fn metrics() -> &'static PrometheusHandle {
 #[derive(Clone)]
 pub struct Probes {
     pub pool: PgPool,
-    pub producer: FutureProducer,
+    pub producer: Producer,
+    /// The background loops' own reports.
+    pub health: Health,
 }
 
 impl Probes {
@@ -86,7 +90,7 @@ impl Probes {
     }
 
     async fn broker(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let lookup = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -126,7 +130,8 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(probes): State<Probes>) -> Response {
     let (db, broker) = tokio::join!(probes.database(), probes.broker());
-    let status = if db.is_ok() && broker.is_ok() {
+    let problems = probes.health.problems();
+    let status = if db.is_ok() && broker.is_ok() && problems.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -135,9 +140,14 @@ async fn readyz(State(probes): State<Probes>) -> Response {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
+    let work = if problems.is_empty() {
+        "ok".to_owned()
+    } else {
+        problems.join("; ")
+    };
     (
         status,
-        axum::Json(json!({"database": show(&db), "broker": show(&broker)})),
+        axum::Json(json!({"database": show(&db), "broker": show(&broker), "work": work})),
     )
         .into_response()
 }

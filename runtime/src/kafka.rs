@@ -1,33 +1,44 @@
 //! Kafka client settings shared by every service: one place that turns typed settings into
 //! librdkafka configuration, so the producer is always idempotent and consumers never commit an
-//! offset the service has not finished with.
+//! offset the service has not finished with — and clients that heal when the brokers lose state:
+//! a [`Producer`] that is rebuilt when librdkafka declares it fatally failed and that creates a
+//! vanished topic again, and consumers ([`Subscription`]) that report whether their group is
+//! joined, for `/readyz`.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::statistics::Statistics;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-/// A group consumer that reports its partition assignment (see [`GroupContext`]).
+use crate::health::Check;
+
+/// A group consumer that reports its partition assignment and its health (see [`GroupContext`]).
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// Consumer context that publishes how many partitions the group currently assigns to this
-/// member, so a service can tell "ready to consume" apart from "still joining the group".
+/// member, so a service can tell "ready to consume" apart from "still joining the group", and
+/// reports to a health [`Check`] whether the member can fetch: librdkafka's periodic statistics
+/// say whether the group coordinator is up; its error callback says when a connection failed.
 pub struct GroupContext {
     assigned: watch::Sender<usize>,
+    health: Check,
 }
 
 impl GroupContext {
-    fn new() -> Self {
+    fn new(health: Check) -> Self {
         Self {
             assigned: watch::Sender::new(0),
+            health,
         }
     }
 
@@ -37,7 +48,24 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        match statistics.cgrp {
+            Some(group) if group.state == "up" => self.health.ok(),
+            Some(group) => self
+                .health
+                .failing(format_args!("consumer group coordinator is {}", group.state)),
+            None => {}
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries by itself; the health check (and /readyz) says when it lasts. Logged
+        // at debug only: while a broker is away this fires for every connection attempt.
+        tracing::debug!(%error, reason, "kafka client error");
+        self.health.failing(format_args!("{error}: {reason}"));
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -86,6 +114,9 @@ pub struct KafkaSettings {
     pub producer: BTreeMap<String, String>,
     /// How clients authenticate to the brokers and protect the connection.
     pub security: KafkaSecurity,
+    /// `/readyz` turns unready when the relay cannot publish, or a consumer cannot fetch, for
+    /// this long.
+    pub unready_after_ms: u64,
 }
 
 /// `security.protocol`: plain text stays the local default; production uses `sasl_ssl`.
@@ -260,6 +291,7 @@ impl Default for KafkaSettings {
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
             security: KafkaSecurity::default(),
+            unready_after_ms: 15_000,
         }
     }
 }
@@ -308,9 +340,14 @@ impl KafkaSettings {
         )
     }
 
+    /// An idempotent producer that heals (see [`Producer`]).
+    pub fn producer(&self) -> Result<Producer, KafkaError> {
+        Producer::new(self.clone())
+    }
+
     /// An idempotent producer: acks from all in-sync replicas, broker-side de-duplication of
     /// retries, per-partition order preserved.
-    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    fn raw_producer(&self) -> Result<FutureProducer, KafkaError> {
         self.config(
             &[
                 ("enable.idempotence", "true"),
@@ -325,7 +362,8 @@ impl KafkaSettings {
 
     /// A consumer in `group` (a deployed name, see [`KafkaSettings::group`]) that only commits offsets the service stored after finishing a
     /// message (`enable.auto.offset.store=false`); stored offsets are committed in the background.
-    pub fn consumer(&self, group: &str) -> Result<GroupConsumer, KafkaError> {
+    /// It reports to `health` whether it can fetch.
+    pub fn consumer(&self, group: &str, health: Check) -> Result<GroupConsumer, KafkaError> {
         self.config(
             &[
                 ("group.id", group),
@@ -335,10 +373,30 @@ impl KafkaSettings {
                 ("auto.offset.reset", "earliest"),
                 ("session.timeout.ms", "10000"),
                 ("enable.partition.eof", "false"),
+                // How often the group's state reaches the health check.
+                ("statistics.interval.ms", "5000"),
             ],
             &self.consumer,
         )
-        .create_with_context(GroupContext::new())
+        .create_with_context(GroupContext::new(health))
+    }
+
+    /// A consumer of `group` subscribed to `topics` (deployed names), reporting to `health`.
+    pub fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        health: Check,
+    ) -> Result<Subscription, KafkaError> {
+        let consumer = self.consumer(group, health)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        Ok(Subscription {
+            consumer,
+            topics: topics.to_vec(),
+            settings: self.clone(),
+            last_repair: None,
+        })
     }
 
     /// Like [`KafkaSettings::ensure_topics`], bounded to 15 s and logging instead of failing: a
@@ -378,6 +436,149 @@ impl KafkaSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// How often a missing topic is created again, at most.
+const REPAIR_GAP: Duration = Duration::from_secs(5);
+
+/// An idempotent producer that heals. When the brokers lose their state (a broker restarted with
+/// an empty log, a topic deleted), librdkafka cannot recover by itself: an idempotent producer
+/// whose producer id the cluster forgot is in a *fatal* state and fails every record from then
+/// on, and records for a topic that no longer exists fail until someone creates it. After a
+/// failed delivery, [`Producer::recover`] replaces a fatally failed producer with a new one and
+/// creates the record's topic again (when `create_topics` is on), each at most every few seconds
+/// and logged once. Records still in the old producer fail and are retried by their owner.
+/// Cheap to clone; clones share the current producer.
+#[derive(Clone)]
+pub struct Producer {
+    settings: Arc<KafkaSettings>,
+    current: Arc<Mutex<FutureProducer>>,
+    /// When each topic was last created again.
+    repaired: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Producer {
+    fn new(settings: KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = settings.raw_producer()?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            current: Arc::new(Mutex::new(producer)),
+            repaired: Arc::default(),
+        })
+    }
+
+    /// The producer to send with now.
+    pub fn get(&self) -> FutureProducer {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Repairs what a failed delivery of a record for `topic` shows to be broken: a fatally
+    /// failed producer is replaced, a missing topic created again.
+    pub async fn recover(&self, topic: &str, error: &KafkaError) {
+        self.replace_if_fatal();
+        if error.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+            )
+        }) {
+            self.recreate(topic).await;
+        }
+    }
+
+    /// Replaces the producer if librdkafka declared it fatally failed. True if it did.
+    pub fn replace_if_fatal(&self) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return false;
+        };
+        match self.settings.raw_producer() {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "the Kafka producer failed fatally; replaced it with a new one");
+                *current = fresh;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ?code, %reason, "the Kafka producer failed fatally and cannot be rebuilt");
+                false
+            }
+        }
+    }
+
+    /// Creates `topic` again if it is missing, at most every few seconds.
+    async fn recreate(&self, topic: &str) {
+        if !self.settings.create_topics {
+            return;
+        }
+        {
+            let mut repaired = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+            if repaired.get(topic).is_some_and(|t| t.elapsed() < REPAIR_GAP) {
+                return;
+            }
+            repaired.insert(topic.to_owned(), Instant::now());
+        }
+        tracing::warn!(%topic, "the broker does not know a topic this service writes to; creating it again");
+        self.settings.ensure_topics_or_warn(&[topic.to_owned()]).await;
+    }
+}
+
+/// A group consumer and the topics it follows. When the brokers report a subscribed topic
+/// missing (deleted, or lost with the broker's log), [`Subscription::repair`] creates the topics
+/// again (when `create_topics` is on) and subscribes anew, so the consumer picks them up at once
+/// instead of at the next metadata refresh.
+pub struct Subscription {
+    consumer: GroupConsumer,
+    topics: Vec<String>,
+    settings: KafkaSettings,
+    last_repair: Option<Instant>,
+}
+
+impl Subscription {
+    pub fn consumer(&self) -> &GroupConsumer {
+        &self.consumer
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Partitions assigned to this member right now (0 while joining the group).
+    pub fn assigned(&self) -> watch::Receiver<usize> {
+        self.consumer.context().assigned()
+    }
+
+    /// Most messages handed to a handler at once.
+    pub fn max_batch(&self) -> usize {
+        self.settings.max_batch.max(1)
+    }
+
+    /// Reacts to a receive error: a missing topic is created again and subscribed anew (at most
+    /// every few seconds); anything else is reported to the health check. True if it repaired.
+    pub async fn repair(&mut self, error: &KafkaError) -> bool {
+        self.consumer.context().health.failing(error);
+        let missing = error.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+            )
+        });
+        if !missing || self.last_repair.is_some_and(|t| t.elapsed() < REPAIR_GAP) {
+            return false;
+        }
+        self.last_repair = Some(Instant::now());
+        tracing::warn!(topics = ?self.topics, %error, "a subscribed topic is missing; creating it again and resubscribing");
+        self.settings.ensure_topics_or_warn(&self.topics).await;
+        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.consumer.subscribe(&names) {
+            tracing::warn!(error = %e, "could not subscribe again");
+        }
+        true
+    }
+
+    /// The consumer received a message: it can fetch.
+    pub fn fetched(&self) {
+        self.consumer.context().health.ok();
     }
 }
 

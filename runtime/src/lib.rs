@@ -5,7 +5,8 @@
 //! - [`outbox`]: [`outbox::enqueue`] inside a transaction, and the [`outbox::Relay`] that publishes.
 //! - [`consumer`]: the consume → handle → store-offset loop with dead-lettering and retries.
 //! - [`db`]: PostgreSQL settings and pool construction; [`config`]: settings loading.
-//! - [`http`]: the metrics/health HTTP port every service serves (plain or TLS, see [`tls`]).
+//! - [`http`]: the metrics/health HTTP port every service serves (plain or TLS, see [`tls`]);
+//!   [`health`]: the background loops' reports behind `/readyz`.
 //! - [`shutdown`], [`telemetry`], [`trace`]: signals; logs, spans and OTLP export; trace-context
 //!   propagation through gRPC, outbox rows and Kafka headers.
 //! - `testing` (feature `test-util`): throwaway databases and topic readers for integration tests.
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod outbox;

@@ -27,11 +27,14 @@ use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+
+use crate::health::Check;
+use crate::kafka::Producer;
 
 /// Number of lanes: each is one session advisory lock `(LOCK_SPACE, lane)` a relay can hold.
 pub const LANES: i16 = 16;
@@ -145,8 +148,10 @@ pub struct BatchReport {
 /// Publishes outbox rows to Kafka. See the module docs for the ordering guarantee.
 pub struct Relay {
     pool: PgPool,
-    producer: FutureProducer,
+    producer: Producer,
     settings: RelaySettings,
+    /// Failing while rows wait for acknowledgements that do not come, or deliveries fail.
+    health: Check,
 }
 
 #[derive(sqlx::FromRow)]
@@ -325,12 +330,19 @@ impl Vacuum {
 type Delivery = Pin<Box<dyn Future<Output = (i64, DateTime<Utc>, bool)> + Send + Sync>>;
 
 impl Relay {
-    pub fn new(pool: PgPool, producer: FutureProducer, settings: RelaySettings) -> Self {
+    pub fn new(pool: PgPool, producer: Producer, settings: RelaySettings) -> Self {
         Self {
             pool,
             producer,
             settings,
+            health: Check::detached("outbox relay"),
         }
+    }
+
+    /// Reports to `health` whether the relay can publish (see [`crate::health`]).
+    pub fn reporting_to(mut self, health: Check) -> Self {
+        self.health = health;
+        self
     }
 
     /// Publishes one batch from the lanes no other relay holds, waits for every acknowledgement
@@ -382,15 +394,38 @@ impl Relay {
         );
         crate::trace::continue_from(&span, &row.headers);
         let (id, created_at) = (row.id, row.created_at);
+        let producer = self.producer.clone();
+        let health = self.health.clone();
+        let topic = row.topic.clone();
+        // A failed delivery repairs what it can (a fatally failed producer, a missing topic)
+        // before it counts as failed, so the retry that follows can succeed.
+        let failed = move |e: KafkaError| async move {
+            health.failing(format_args!("delivery to {topic} failed: {e}"));
+            producer.recover(&topic, &e).await;
+        };
         match self.enqueue(row, &span).await {
             Ok(fut) => Box::pin(async move {
-                let ok = matches!(fut.await, Ok(Ok(_)));
+                let outcome = match fut.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                };
                 drop(span);
+                let ok = match outcome {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed(e).await;
+                        false
+                    }
+                };
                 (id, created_at, ok)
             }),
             Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "could not hand an outbox row to the producer");
-                Box::pin(std::future::ready((id, created_at, false)))
+                tracing::debug!(parent: &span, error = %e, "could not hand an outbox row to the producer");
+                Box::pin(async move {
+                    failed(e).await;
+                    (id, created_at, false)
+                })
             }
         }
     }
@@ -414,12 +449,13 @@ impl Relay {
             .key(row.key.as_bytes())
             .payload(row.payload.as_slice())
             .headers(headers);
+        let producer = self.producer.get();
         for _ in 0..600 {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(fut) => return Ok(fut),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(0));
+                    producer.poll(Duration::from_millis(0));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err((e, _)) => return Err(e),
@@ -476,6 +512,11 @@ impl Relay {
                         unfinished.insert(row.id);
                         in_flight.push(self.publish(row).await);
                     }
+                }
+                if !in_flight.is_empty() {
+                    // Failing since the last acknowledgement, if the broker stops answering.
+                    self.health
+                        .failing("rows handed to the producer are not acknowledged");
                 }
                 Ok(())
             }
@@ -535,7 +576,7 @@ impl Relay {
             }
         }
         // Give in-flight deliveries a moment; rows not acknowledged stay in the outbox.
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.producer.get().flush(Duration::from_secs(5));
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
         }
@@ -562,11 +603,13 @@ impl Relay {
             acknowledged(created_at);
             metrics::counter!("outbox_published_total").increment(1);
             *backoff = Duration::from_millis(100);
+            self.health.ok();
         } else {
             // Read again after a pause; later rows of the same lane may already be out.
             unfinished.remove(&id);
             metrics::counter!("outbox_publish_failures_total").increment(1);
-            tracing::warn!(
+            // Logged by the health check when it lasts, not once per row.
+            tracing::debug!(
                 row = id,
                 retry_in_ms = backoff.as_millis() as u64,
                 "broker did not acknowledge an outbox row; it will be published again"

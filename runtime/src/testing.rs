@@ -52,10 +52,14 @@ pub async fn fresh_database(migrator: &Migrator) -> (PgPool, String) {
     (pool, url)
 }
 
-/// Kafka settings for one test: the shared broker, a topic prefix no other test uses, few partitions,
-/// and short fetch waits (tansu waits the full `fetch.wait.max.ms` even when data is there).
+/// Kafka settings for one test: the shared broker, a topic prefix no other test uses, few partitions.
 pub fn kafka_settings() -> KafkaSettings {
-    let brokers = kafka_brokers();
+    kafka_settings_for(&kafka_brokers())
+}
+
+/// Like [`kafka_settings`], for the brokers at `brokers` (e.g. a [`KafkaBroker`] of the test's own).
+pub fn kafka_settings_for(brokers: &str) -> KafkaSettings {
+    let brokers = brokers.to_owned();
     let first = brokers.split(',').next().unwrap_or_default();
     let reachable = first
         .parse::<std::net::SocketAddr>()
@@ -64,11 +68,6 @@ pub fn kafka_settings() -> KafkaSettings {
         reachable,
         "no Kafka broker at {brokers} (SAGA_TEST_KAFKA_BROKERS); run scripts/test.sh"
     );
-    let mut consumer = BTreeMap::new();
-    consumer.insert("fetch.wait.max.ms".into(), "10".into());
-    // tansu holds a JoinGroup for about half the session timeout; keep group joins quick.
-    consumer.insert("session.timeout.ms".into(), "3000".into());
-    consumer.insert("heartbeat.interval.ms".into(), "500".into());
     KafkaSettings {
         brokers,
         topic_prefix: format!("{}.", unique("t")),
@@ -77,9 +76,10 @@ pub fn kafka_settings() -> KafkaSettings {
         replication: 1,
         max_batch: 256,
         client: BTreeMap::new(),
-        consumer,
+        consumer: BTreeMap::new(),
         producer: BTreeMap::new(),
         security: crate::kafka::KafkaSecurity::default(),
+        unready_after_ms: 15_000,
     }
 }
 

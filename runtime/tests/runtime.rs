@@ -285,16 +285,19 @@ async fn consumer_loop_retries_transient_failures_and_dead_letters_poison() {
         flaky: 2,
         done: tx,
     });
-    let consumer = kafka.consumer(&saga_runtime::testing::unique("group-")).unwrap();
-    use rdkafka::consumer::Consumer;
-    consumer.subscribe(&[&topic]).unwrap();
+    let subscription = kafka
+        .subscribe(
+            &saga_runtime::testing::unique("group-"),
+            std::slice::from_ref(&topic),
+            saga_runtime::health::Check::detached("consumer"),
+        )
+        .unwrap();
     let shutdown = CancellationToken::new();
     let dead = DeadLetters::new(kafka.producer().unwrap(), dlq_topic.clone());
     let task = tokio::spawn(consumer::run(
-        consumer,
+        subscription,
         handler.clone(),
         dead,
-        256,
         shutdown.clone(),
     ));
 

@@ -55,6 +55,14 @@ struct Args {
     /// Skip the consistency audit (e.g. for very long runs).
     #[arg(long)]
     no_audit: bool,
+    /// The Kafka broker's process id (the JVM), whose CPU and memory are reported; without it,
+    /// every `java` process running `kafka.Kafka` counts.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Print a report every this many seconds while the load runs (throughput, latency, publish
+    /// lag, CPU and RSS of every process): the soak mode's per-minute lines.
+    #[arg(long)]
+    report_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,24 +80,72 @@ enum Mix {
     Mixed,
 }
 
-/// Processes whose CPU and memory are reported, by /proc comm name.
-const PROCESSES: [&str; 5] = [
-    "orchestrator",
-    "user-service",
-    "post-service",
-    "tansu",
-    "postgres",
-];
+/// A process (or group of processes) whose CPU and memory are reported.
+#[derive(Clone, Copy)]
+enum Who {
+    /// Every process with this `/proc/<pid>/comm` name.
+    Comm(&'static str),
+    /// This process.
+    Pid(u32),
+    /// `java` processes running `kafka.Kafka`.
+    KafkaJvm,
+}
 
-/// CPU ticks (utime + stime) and memory of every process with `name`.
-fn sample(name: &str) -> (u64, u64, u64) {
-    let (mut ticks, mut hwm_kb, mut pss_kb) = (0u64, 0u64, 0u64);
+/// The processes reported, by label.
+fn watched(broker_pid: Option<u32>) -> Vec<(&'static str, Who)> {
+    vec![
+        ("orchestrator", Who::Comm("orchestrator")),
+        ("user-service", Who::Comm("user-service")),
+        ("post-service", Who::Comm("post-service")),
+        ("kafka", broker_pid.map_or(Who::KafkaJvm, Who::Pid)),
+        ("postgres", Who::Comm("postgres")),
+    ]
+}
+
+/// CPU ticks (utime + stime) and memory of a set of processes.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    ticks: u64,
+    /// Peak resident set (VmHWM), summed.
+    hwm_kb: u64,
+    /// Resident set now (VmRSS), summed.
+    rss_kb: u64,
+    /// Proportional set now (shared pages split among sharers), summed.
+    pss_kb: u64,
+}
+
+impl Who {
+    fn matches(self, pid_dir: &std::path::Path) -> bool {
+        let comm = || std::fs::read_to_string(pid_dir.join("comm")).unwrap_or_default();
+        match self {
+            Who::Comm(name) => comm().trim() == name,
+            Who::Pid(pid) => pid_dir.file_name().and_then(|n| n.to_str()) == Some(&pid.to_string()),
+            Who::KafkaJvm => {
+                comm().trim() == "java"
+                    && std::fs::read(pid_dir.join("cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("kafka.Kafka"))
+            }
+        }
+    }
+}
+
+fn kb(line: &str, prefix: &str) -> Option<u64> {
+    line.strip_prefix(prefix)?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn sample(who: Who) -> Sample {
+    let mut total = Sample::default();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (0, 0, 0);
+        return total;
     };
     for entry in dir.flatten() {
         let path = entry.path();
-        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name) {
+        if !who.matches(&path) {
             continue;
         }
         if let Ok(stat) = std::fs::read_to_string(path.join("stat"))
@@ -98,34 +154,23 @@ fn sample(name: &str) -> (u64, u64, u64) {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             // After "(comm)": state is field 3, utime 14, stime 15 (1-based in proc(5)).
             let num = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-            ticks += num(14) + num(15);
+            total.ticks += num(14) + num(15);
         }
         if let Ok(status) = std::fs::read_to_string(path.join("status")) {
             for line in status.lines() {
-                if let Some(v) = line.strip_prefix("VmHWM:") {
-                    hwm_kb += v
-                        .trim()
-                        .trim_end_matches(" kB")
-                        .trim()
-                        .parse::<u64>()
-                        .unwrap_or(0);
-                }
+                total.hwm_kb += kb(line, "VmHWM:").unwrap_or(0);
+                total.rss_kb += kb(line, "VmRSS:").unwrap_or(0);
             }
         }
         if let Ok(rollup) = std::fs::read_to_string(path.join("smaps_rollup")) {
-            for line in rollup.lines() {
-                if let Some(v) = line.strip_prefix("Pss:") {
-                    pss_kb += v
-                        .trim()
-                        .trim_end_matches(" kB")
-                        .trim()
-                        .parse::<u64>()
-                        .unwrap_or(0);
-                }
-            }
+            total.pss_kb += rollup.lines().filter_map(|l| kb(l, "Pss:")).sum::<u64>();
         }
     }
-    (ticks, hwm_kb, pss_kb)
+    total
+}
+
+fn sample_all(procs: &[(&'static str, Who)]) -> BTreeMap<&'static str, Sample> {
+    procs.iter().map(|(label, who)| (*label, sample(*who))).collect()
 }
 
 fn clock_ticks() -> f64 {
@@ -144,11 +189,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-/// The p-quantile of a Prometheus histogram (linear within the bucket).
-fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
+/// The cumulative buckets `(le, count)` of a Prometheus histogram, sorted by bound.
+fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
@@ -161,13 +207,28 @@ fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The observations between two scrapes of the same histogram.
+fn bucket_delta(now: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    now.iter()
+        .map(|&(le, n)| {
+            let old = before.iter().find(|(l, _)| *l == le).map_or(0.0, |(_, c)| *c);
+            (le, n - old)
+        })
+        .collect()
+}
+
+/// The p-quantile of cumulative buckets (linear within the bucket).
+fn quantile(buckets: &[(f64, f64)], p: f64) -> Option<f64> {
     let total = buckets.last()?.1;
-    if total == 0.0 {
+    if total <= 0.0 {
         return None;
     }
     let target = p * total;
     let mut prev = (0.0, 0.0);
-    for (le, count) in buckets {
+    for &(le, count) in buckets {
         if count >= target {
             if le.is_infinite() {
                 return Some(prev.0);
@@ -179,6 +240,108 @@ fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
         prev = (le, count);
     }
     None
+}
+
+/// The p-quantile of a Prometheus histogram.
+fn histogram_quantile(text: &str, name: &str, p: f64) -> Option<f64> {
+    quantile(&histogram_buckets(text, name), p)
+}
+
+/// Each service's publish-lag histogram, scraped now.
+async fn lag_buckets(http: &reqwest::Client, metrics: &[String]) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let mut out = BTreeMap::new();
+    for m in metrics {
+        let Some((service, url)) = m.split_once('=') else {
+            continue;
+        };
+        if let Ok(r) = http.get(format!("{url}/metrics")).send().await
+            && let Ok(text) = r.text().await
+        {
+            out.insert(
+                service.to_owned(),
+                histogram_buckets(&text, "outbox_publish_lag_seconds"),
+            );
+        }
+    }
+    out
+}
+
+/// The periodic report (`--report-secs`): every interval, what finished in it and what every
+/// process used. Returns the per-interval RSS of every process, for the summary.
+async fn report_periodically(
+    every: Duration,
+    run_started: chrono::DateTime<chrono::Utc>,
+    db: PgPool,
+    metrics: Vec<String>,
+    procs: Vec<(&'static str, Who)>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<BTreeMap<&'static str, u64>> {
+    let http = reqwest::Client::new();
+    let ticks = clock_ticks();
+    let mut rss_series = Vec::new();
+    let mut window_start = chrono::Utc::now();
+    let mut before = sample_all(&procs);
+    let mut lags_before = lag_buckets(&http, &metrics).await;
+    let mut n = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        n += 1;
+        let window_end = chrono::Utc::now();
+        let now = sample_all(&procs);
+        let lags = lag_buckets(&http, &metrics).await;
+        let latencies: Vec<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM updated_at - created_at)::float8 * 1000 FROM sagas \
+             WHERE updated_at >= $1 AND updated_at < $2 AND created_at >= $3 \
+               AND state IN ('completed', 'compensated', 'failed') ORDER BY 1",
+        )
+        .bind(window_start)
+        .bind(window_end)
+        .bind(run_started)
+        .fetch_all(&db)
+        .await
+        .unwrap_or_default();
+        let secs = (window_end - window_start).num_milliseconds() as f64 / 1000.0;
+        let lag_text: Vec<String> = lags
+            .iter()
+            .map(|(service, buckets)| {
+                let d = bucket_delta(buckets, lags_before.get(service).map_or(&[][..], Vec::as_slice));
+                let q = |p| quantile(&d, p).map_or("-".to_owned(), |v| format!("{:.0}", v * 1000.0));
+                format!("{service} {}/{}", q(0.5), q(0.99))
+            })
+            .collect();
+        let cpu: Vec<String> = procs
+            .iter()
+            .map(|(label, _)| {
+                let used = now[label].ticks.saturating_sub(before[label].ticks) as f64 / ticks;
+                format!("{label} {:.0}", 100.0 * used / secs)
+            })
+            .collect();
+        let rss: BTreeMap<&'static str, u64> =
+            procs.iter().map(|(l, _)| (*l, now[l].rss_kb / 1024)).collect();
+        println!(
+            "[{:>4.0} s] finished {} ({:.1}/s), latency ms p50 {:.0} p99 {:.0}; publish lag ms p50/p99: {}; \
+             CPU % of a core: {}; RSS MiB: {}",
+            n as f64 * every.as_secs_f64(),
+            latencies.len(),
+            latencies.len() as f64 / secs,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            lag_text.join(", "),
+            cpu.join(", "),
+            rss.iter()
+                .map(|(l, v)| format!("{l} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        rss_series.push(rss);
+        window_start = window_end;
+        before = now;
+        lags_before = lags;
+    }
+    rss_series
 }
 
 /// The workload's saga requests.
@@ -296,9 +459,21 @@ async fn main() -> anyhow::Result<()> {
     let workload = Arc::new(workload);
 
     let ticks = clock_ticks();
-    let before: BTreeMap<&str, (u64, u64, u64)> = PROCESSES.iter().map(|p| (*p, sample(p))).collect();
+    let procs = watched(args.broker_pid);
+    let before = sample_all(&procs);
     let self_before = sample_self();
     let started = Instant::now();
+    let stop_reports = tokio_util::sync::CancellationToken::new();
+    let reports = args.report_secs.map(|secs| {
+        tokio::spawn(report_periodically(
+            Duration::from_secs(secs.max(1)),
+            chrono::Utc::now(),
+            orch_db.clone(),
+            args.metrics.clone(),
+            procs.clone(),
+            stop_reports.clone(),
+        ))
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let duration = Duration::from_secs_f64(args.duration);
@@ -401,8 +576,13 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let finished = started.elapsed();
-    let after: BTreeMap<&str, (u64, u64, u64)> = PROCESSES.iter().map(|p| (*p, sample(p))).collect();
+    let after = sample_all(&procs);
     let self_after = sample_self();
+    stop_reports.cancel();
+    let rss_series = match reports {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
 
     let rows: Vec<(
         String,
@@ -494,8 +674,8 @@ async fn main() -> anyhow::Result<()> {
     let n = rows.len().max(1) as f64 / 1000.0;
     let mut cpu = vec![];
     let mut total = 0.0;
-    for p in PROCESSES {
-        let secs = (after[p].0.saturating_sub(before[p].0)) as f64 / ticks;
+    for (p, _) in &procs {
+        let secs = (after[p].ticks.saturating_sub(before[p].ticks)) as f64 / ticks;
         total += secs;
         cpu.push(format!("{p} {:.2}", secs / n));
     }
@@ -508,20 +688,30 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "memory MiB: {}",
-        PROCESSES
+        procs
             .iter()
-            .map(|p| if *p == "postgres" {
-                format!("postgres PSS {:.0}", after[p].2 as f64 / 1024.0)
+            .map(|(p, _)| if *p == "postgres" {
+                format!("postgres PSS {:.0}", after[p].pss_kb as f64 / 1024.0)
             } else {
                 format!(
                     "{p} peak RSS {:.0} (PSS now {:.0})",
-                    after[p].1 as f64 / 1024.0,
-                    after[p].2 as f64 / 1024.0
+                    after[p].hwm_kb as f64 / 1024.0,
+                    after[p].pss_kb as f64 / 1024.0
                 )
             })
             .collect::<Vec<_>>()
             .join("; ")
     );
+    if let (Some(first), Some(last)) = (rss_series.first(), rss_series.last()) {
+        println!(
+            "RSS MiB, first report → last: {}",
+            first
+                .iter()
+                .map(|(p, v)| format!("{p} {v} → {}", last.get(p).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let all_terminal = terminal == uuids.len() as i64 && !uuids.is_empty();
     let consistent = if args.no_audit {
         println!(

@@ -141,7 +141,7 @@ async fn a_participant_killed_after_its_commit_does_not_apply_the_redelivered_co
 async fn poison_commands_are_dead_lettered_and_traffic_behind_them_flows() {
     let stack = Stack::start().await;
     let dlq = TopicReader::new(&stack.kafka, &stack.kafka.dead_letter_topic("user.commands")).await;
-    let producer = stack.kafka.producer().unwrap();
+    let producer = stack.kafka.producer().unwrap().get();
     let topic = stack.kafka.topic("user.commands");
     // Garbage, and a well-formed command the user service does not know; same key, so they sit in
     // front of the saga's own commands in that partition.

@@ -11,22 +11,31 @@ use saga_proto::v1::SagaState;
 use saga_runtime::testing::{fresh_database, kafka_settings};
 use serde_json::json;
 
-/// The three services as processes of their own, exporting spans to `otlp_endpoint`.
+/// The three services as processes of their own, exporting spans to `otlp_endpoint` (if any).
 struct Processes {
     all: Vec<ServiceProcess>,
     client: Orchestrator,
+    /// The orchestrator's metrics/health address.
     http_url: String,
+    /// Every service's metrics/health address: orchestrator, user service, post service.
+    http_urls: [String; 3],
 }
 
-async fn start_processes(otlp_endpoint: &str, extra: &[(&str, &str)]) -> Processes {
+async fn start_processes(otlp_endpoint: Option<&str>, extra: &[(&str, &str)]) -> Processes {
     let kafka = kafka_settings();
     let (_, orchestrator_db) = fresh_database(&saga_orchestrator::startup::MIGRATOR).await;
     let (_, users_db) = fresh_database(&user_service::MIGRATOR).await;
     let (_, posts_db) = fresh_database(&post_service::MIGRATOR).await;
     let (grpc, http) = (free_port(), free_port());
+    let (users_http, posts_http) = (free_port(), free_port());
     let mut common = ServiceProcess::kafka_env(&kafka);
-    common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), otlp_endpoint.into()));
-    common.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    match otlp_endpoint {
+        Some(endpoint) => {
+            common.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.into()));
+            common.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+        }
+        None => common.push(("OTEL_TRACES_EXPORTER".into(), "none".into())),
+    }
     for (k, v) in extra {
         common.push(((*k).into(), (*v).into()));
     }
@@ -45,16 +54,42 @@ async fn start_processes(otlp_endpoint: &str, extra: &[(&str, &str)]) -> Process
                 ("APP_TIMERS__INTERVAL_MS", "50".into()),
             ]),
         ),
-        ServiceProcess::spawn("user-service", &with(vec![("APP_DATABASE__URL", users_db)])),
-        ServiceProcess::spawn("post-service", &with(vec![("APP_DATABASE__URL", posts_db)])),
+        ServiceProcess::spawn(
+            "user-service",
+            &with(vec![
+                ("APP_DATABASE__URL", users_db),
+                ("APP_HTTP__LISTEN", format!("127.0.0.1:{users_http}")),
+            ]),
+        ),
+        ServiceProcess::spawn(
+            "post-service",
+            &with(vec![
+                ("APP_DATABASE__URL", posts_db),
+                ("APP_HTTP__LISTEN", format!("127.0.0.1:{posts_http}")),
+            ]),
+        ),
     ];
     let client = Orchestrator::connect(&format!("http://127.0.0.1:{grpc}"), WAIT)
         .await
         .unwrap();
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
     Processes {
         all,
         client,
-        http_url: format!("http://127.0.0.1:{http}"),
+        http_url: url(http),
+        http_urls: [url(http), url(users_http), url(posts_http)],
+    }
+}
+
+impl Processes {
+    /// One scrape of every service's `/metrics`, as one set of series (each process has a registry
+    /// of its own, so nothing another test does shows up here).
+    async fn metrics(&self) -> Metrics {
+        let mut all = Metrics::default();
+        for url in &self.http_urls {
+            all.extend(Metrics::scrape(url).await);
+        }
+        all
     }
 }
 
@@ -84,7 +119,7 @@ fn ancestry<'a>(span: &'a ReceivedSpan, by_id: &HashMap<&str, &'a ReceivedSpan>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensated_saga_is_one_trace_across_the_three_services() {
     let receiver = Receiver::start().await;
-    let mut stack = start_processes(&receiver.endpoint, &[]).await;
+    let mut stack = start_processes(Some(&receiver.endpoint), &[]).await;
     let first = register(&stack.client, "pen@example.com", "Pen Name").await;
     // Same pen name: CreateAuthor is refused, DeleteUser compensates.
     let id = register(&stack.client, "other.pen@example.com", "pen name").await;
@@ -192,7 +227,7 @@ async fn an_unreachable_collector_drops_counted_spans_and_sagas_go_on() {
         }
     });
     let mut stack = start_processes(
-        &endpoint,
+        Some(&endpoint),
         &[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
@@ -230,26 +265,32 @@ async fn an_unreachable_collector_drops_counted_spans_and_sagas_go_on() {
     drop(holder);
 }
 
-#[tokio::test]
+// The services run as processes of their own: the metrics registry is global to a process, and
+// other tests of this binary run sagas at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_by_the_right_amounts() {
-    let stack = Stack::start().await;
-    let taken = stack.register("metric.taken@example.com", "Metric").await;
-    stack.finish_one(&taken).await;
-    let before = Metrics::scrape(&stack.http_url).await;
+    let mut stack = start_processes(None, &[]).await;
+    register(&stack.client, "metric.taken@example.com", "Metric").await;
+    let before = stack.metrics().await;
 
     let mut ids = Vec::new();
+    let start = |email: String, name: String| {
+        let client = &stack.client;
+        async move {
+            client
+                .start("register_user", json!({"email": email, "name": name}), "")
+                .await
+                .unwrap()
+        }
+    };
     for i in 0..3 {
-        ids.push(
-            stack
-                .register(&format!("m{i}@example.com"), &format!("M {i}"))
-                .await,
-        );
+        ids.push(start(format!("m{i}@example.com"), format!("M {i}")).await);
     }
     for i in 0..2 {
-        ids.push(stack.register(&format!("clash{i}@example.com"), "metric").await);
+        ids.push(start(format!("clash{i}@example.com"), "metric".into()).await);
     }
-    stack.finish(&ids).await;
-    let after = Metrics::scrape(&stack.http_url).await;
+    stack.client.wait_terminal(&ids, WAIT).await.unwrap();
+    let after = stack.metrics().await;
     let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
 
     let rt = ("saga_type", "register_user");
@@ -287,7 +328,9 @@ async fn metrics_move_by_the_right_amounts() {
         assert!(after.has(gauge), "{gauge} missing");
     }
     assert_eq!(after.sum("consumer_dead_lettered_total", &[]), 0.0);
-    stack.stop().await;
+    for p in &mut stack.all {
+        p.terminate();
+    }
 }
 
 #[tokio::test]
@@ -304,7 +347,7 @@ async fn health_is_live_and_readiness_checks_database_and_broker() {
     assert_eq!(ready.status().as_u16(), 200);
     assert_eq!(
         ready.json::<serde_json::Value>().await.unwrap(),
-        json!({"database": "ok", "broker": "ok"})
+        json!({"database": "ok", "broker": "ok", "work": "ok"})
     );
 
     // A participant whose broker is unreachable is alive but not ready, and says why.

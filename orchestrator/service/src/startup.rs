@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::Consumer;
 use saga_proto::v1::saga_orchestrator_server::SagaOrchestratorServer;
 use saga_runtime::consumer::{self, DeadLetters};
-use saga_runtime::kafka::GroupConsumer;
+use saga_runtime::health::Health;
+use saga_runtime::kafka::Subscription;
 use saga_runtime::outbox::Relay;
 use saga_runtime::{db, http};
 use sqlx::PgPool;
@@ -75,7 +75,8 @@ pub struct Application {
     http: http::HttpListener,
     pool: PgPool,
     coordinator: Arc<Coordinator>,
-    replies: Option<GroupConsumer>,
+    replies: Option<Subscription>,
+    health: Health,
 }
 
 impl Application {
@@ -127,10 +128,13 @@ impl Application {
             clock,
             settings.grpc.max_payload_bytes,
         ));
+        let health = Health::new(Duration::from_millis(kafka.unready_after_ms));
         let replies = if settings.replies.enabled {
-            let consumer = kafka.consumer(&kafka.group(&settings.replies.group))?;
-            consumer.subscribe(&[&kafka.topic(&settings.replies.topic)])?;
-            Some(consumer)
+            Some(kafka.subscribe(
+                &kafka.group(&settings.replies.group),
+                &[kafka.topic(&settings.replies.topic)],
+                health.check("reply consumer"),
+            )?)
         } else {
             None
         };
@@ -149,6 +153,7 @@ impl Application {
             pool,
             coordinator,
             replies,
+            health,
         })
     }
 
@@ -175,7 +180,7 @@ impl Application {
     /// when the reply consumer is disabled).
     pub fn reply_partitions(&self) -> watch::Receiver<usize> {
         match &self.replies {
-            Some(c) => c.context().assigned(),
+            Some(s) => s.assigned(),
             None => watch::Sender::new(0).subscribe(),
         }
     }
@@ -191,30 +196,25 @@ impl Application {
             pool,
             coordinator,
             replies,
+            health,
         } = self;
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = grpc_tls {
             server = server.tls_config(tls).context("gRPC TLS")?;
         }
         let kafka = &settings.kafka;
+        // One producer for the process (relay, dead letters, readiness), as Kafka recommends.
+        let producer = kafka.producer()?;
         let mut tasks = JoinSet::new();
         if settings.relay.enabled {
-            let relay = Relay::new(pool.clone(), kafka.producer()?, settings.relay.clone());
+            let relay = Relay::new(pool.clone(), producer.clone(), settings.relay.clone())
+                .reporting_to(health.check("outbox relay"));
             tasks.spawn(relay.run(shutdown.clone()));
         }
-        if let Some(consumer) = replies {
-            let dead = DeadLetters::new(
-                kafka.producer()?,
-                kafka.dead_letter_topic(&settings.replies.topic),
-            );
+        if let Some(subscription) = replies {
+            let dead = DeadLetters::new(producer.clone(), kafka.dead_letter_topic(&settings.replies.topic));
             let handler = ReplyHandler::new(coordinator.clone());
-            tasks.spawn(consumer::run(
-                consumer,
-                handler,
-                dead,
-                kafka.max_batch,
-                shutdown.clone(),
-            ));
+            tasks.spawn(consumer::run(subscription, handler, dead, shutdown.clone()));
         }
         if settings.timers.enabled {
             tasks.spawn(timers::run(
@@ -228,7 +228,8 @@ impl Application {
         tasks.spawn(changes.clone().run(pool.clone(), shutdown.clone()));
         let probes = http::Probes {
             pool: pool.clone(),
-            producer: kafka.producer()?,
+            producer,
+            health,
         };
         let board = dashboard::router(Dashboard {
             coordinator: coordinator.clone(),

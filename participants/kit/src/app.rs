@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use rdkafka::consumer::Consumer;
 use saga_runtime::consumer::{self, DeadLetters};
 use saga_runtime::db::{self, DatabaseSettings};
+use saga_runtime::health::Health;
 use saga_runtime::http::{self, HttpSettings};
-use saga_runtime::kafka::{GroupConsumer, KafkaSettings};
+use saga_runtime::kafka::{KafkaSettings, Subscription};
 use saga_runtime::outbox::{Relay, RelaySettings};
 use saga_runtime::telemetry::LogFormat;
 use serde::Deserialize;
@@ -92,8 +92,9 @@ pub struct ParticipantApp<D> {
     kafka: KafkaSettings,
     relay: RelaySettings,
     commands_topic: String,
-    consumer: GroupConsumer,
+    commands: Subscription,
     participant: Participant<D>,
+    health: Health,
 }
 
 impl<D: Domain> ParticipantApp<D> {
@@ -120,8 +121,12 @@ impl<D: Domain> ParticipantApp<D> {
             replies.clone(),
         ];
         kafka.ensure_topics_or_warn(&topics).await;
-        let consumer = kafka.consumer(&kafka.group(&settings.group))?;
-        consumer.subscribe(&[&commands])?;
+        let health = Health::new(Duration::from_millis(kafka.unready_after_ms));
+        let commands = kafka.subscribe(
+            &kafka.group(&settings.group),
+            &[commands],
+            health.check("command consumer"),
+        )?;
         let participant = Participant::new(pool.clone(), Arc::new(domain), replies);
         let http = http::bind(&settings.http)
             .await
@@ -132,8 +137,9 @@ impl<D: Domain> ParticipantApp<D> {
             kafka,
             relay: settings.relay.clone(),
             commands_topic: settings.commands_topic.clone(),
-            consumer,
+            commands,
             participant,
+            health,
         })
     }
 
@@ -148,35 +154,29 @@ impl<D: Domain> ParticipantApp<D> {
 
     /// Command-topic partitions currently assigned to this instance (0 while joining the group).
     pub fn assigned(&self) -> watch::Receiver<usize> {
-        self.consumer.context().assigned()
+        self.commands.assigned()
     }
 
     /// Consumes commands and relays replies until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // One producer for the process (relay, dead letters, readiness), as Kafka recommends.
+        let producer = self.kafka.producer()?;
         let relay = if self.relay.enabled {
-            let relay = Relay::new(self.pool.clone(), self.kafka.producer()?, self.relay.clone());
+            let relay = Relay::new(self.pool.clone(), producer.clone(), self.relay.clone())
+                .reporting_to(self.health.check("outbox relay"));
             Some(tokio::spawn(relay.run(shutdown.clone())))
         } else {
             None
         };
         let probes = http::Probes {
             pool: self.pool.clone(),
-            producer: self.kafka.producer()?,
+            producer: producer.clone(),
+            health: self.health.clone(),
         };
         let router = http::router(probes, Router::new());
         let server = tokio::spawn(http::serve(self.http, router, shutdown.clone()));
-        let dead = DeadLetters::new(
-            self.kafka.producer()?,
-            self.kafka.dead_letter_topic(&self.commands_topic),
-        );
-        consumer::run(
-            self.consumer,
-            self.participant,
-            dead,
-            self.kafka.max_batch,
-            shutdown.clone(),
-        )
-        .await;
+        let dead = DeadLetters::new(producer, self.kafka.dead_letter_topic(&self.commands_topic));
+        consumer::run(self.commands, self.participant, dead, shutdown.clone()).await;
         shutdown.cancel();
         if let Some(relay) = relay {
             let _ = tokio::time::timeout(Duration::from_secs(15), relay).await;

@@ -210,7 +210,7 @@ impl TestApp {
 
     pub fn participant(&self) -> Participant {
         Participant {
-            producer: self.kafka.producer().expect("producer"),
+            producer: self.kafka.producer().expect("producer").get(),
             reply_topic: self.kafka.topic("saga.replies"),
         }
     }

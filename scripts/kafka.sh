@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The local Apache Kafka broker: one KRaft node (broker and controller in one JVM), run from the
+# Maven Central artifacts named in scripts/kafka/pom.xml with the project's own
+# scripts/kafka/server.properties. Used by dev.sh, test.sh, bench.sh and by tests that need a
+# broker of their own (to kill it, wipe it, or give it a SASL_SSL listener).
+#
+#   scripts/kafka.sh install       # resolve the jars into the cache (once); prints the jar directory
+#   scripts/kafka.sh run --dir DIR --port PORT [options]
+#                                  # format DIR if it is new, then run the broker in the foreground
+#                                  # (exec: the caller's child *is* the JVM, so a signal reaches it)
+# run options:
+#   --controller-port PORT  the KRaft controller's port (default PORT+1)
+#   --set KEY=VALUE         a broker property, after (so over) everything else; repeatable
+#   --format-arg ARG        passed to the storage formatter when DIR is new (e.g. --add-scram ...)
+#   --heap SIZE             maximum heap (default 384m)
+#
+# The log directory is DIR/data: keep DIR and the broker keeps its topics, messages and consumer
+# offsets across restarts; delete it and the next start is a new, empty cluster.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KAFKA_CONF="$SAGA_ROOT/scripts/kafka"
+
+ensure_java() {
+    local v
+    v="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+    if [ -z "$v" ] || [ "$v" -lt 17 ]; then
+        apt_install openjdk-17-jre-headless
+    fi
+    command -v mvn >/dev/null || apt_install maven
+}
+
+# The jar directory for the pinned POM, resolved once (the cache key is the POM's hash).
+kafka_libs() {
+    local key dir
+    key="$(sha256sum "$KAFKA_CONF/pom.xml" | cut -c1-16)"
+    dir="$SAGA_CACHE/kafka/$key"
+    if [ ! -f "$dir/.complete" ]; then
+        ensure_java
+        log "fetching Apache Kafka from Maven Central into $dir (once; about 45 MB)"
+        rm -rf "$dir.tmp"
+        mkdir -p "$dir.tmp"
+        mvn -B -q -f "$KAFKA_CONF/pom.xml" dependency:copy-dependencies \
+            -DoutputDirectory="$dir.tmp/libs" >"$dir.tmp/mvn.log" 2>&1 || {
+            tail -20 "$dir.tmp/mvn.log" >&2
+            die "could not resolve the Kafka artifacts (see $dir.tmp/mvn.log)"
+        }
+        ls "$dir.tmp/libs"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar was resolved"
+        rm -rf "$dir"
+        mv "$dir.tmp" "$dir"
+        touch "$dir/.complete"
+    fi
+    echo "$dir/libs"
+}
+
+# A Kafka cluster id: 16 random bytes, base64url without padding.
+new_cluster_id() {
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+}
+
+run() {
+    local dir="" port="" cport="" heap=384m
+    local sets=() format_args=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dir) dir="$2"; shift 2 ;;
+            --port) port="$2"; shift 2 ;;
+            --controller-port) cport="$2"; shift 2 ;;
+            --set) sets+=("$2"); shift 2 ;;
+            --format-arg) format_args+=("$2"); shift 2 ;;
+            --heap) heap="$2"; shift 2 ;;
+            *) die "kafka.sh run: unknown option $1" ;;
+        esac
+    done
+    [ -n "$dir" ] && [ -n "$port" ] || die "kafka.sh run needs --dir and --port"
+    cport="${cport:-$((port + 1))}"
+    ensure_java
+    local libs
+    libs="$(kafka_libs)"
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    {
+        cat "$KAFKA_CONF/server.properties"
+        echo
+        echo "# --- this instance (scripts/kafka.sh run) ---"
+        echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+        echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+        echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        echo "controller.quorum.voters=1@127.0.0.1:$cport"
+        echo "log.dirs=$dir/data"
+        local s
+        for s in "${sets[@]}"; do echo "$s"; done
+    } >"$dir/server.properties"
+    local java_opts=(
+        -Xms64m "-Xmx$heap" -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError
+        -Djava.awt.headless=true
+        "-Dlog4j2.configurationFile=$KAFKA_CONF/log4j2.properties"
+    )
+    if [ ! -f "$dir/data/meta.properties" ]; then
+        java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format \
+            -t "$(new_cluster_id)" -c "$dir/server.properties" "${format_args[@]}" >"$dir/format.log" 2>&1 || {
+            cat "$dir/format.log" >&2
+            die "formatting $dir/data failed"
+        }
+    fi
+    exec java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties"
+}
+
+case "${1:-}" in
+    install) kafka_libs ;;
+    run) shift; run "$@" ;;
+    *) die "usage: scripts/kafka.sh install | run --dir DIR --port PORT [options]" ;;
+esac
