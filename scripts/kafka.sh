@@ -10,6 +10,9 @@
 #                                  # (exec: the caller's child *is* the JVM, so a signal reaches it)
 # run options:
 #   --controller-port PORT  the KRaft controller's port (default PORT+1)
+#   --listener NAME://HOST:PORT
+#                           another listener, advertised as given, whose security protocol is its
+#                           name (e.g. SASL_SSL://127.0.0.1:9094); configure it with --set
 #   --set KEY=VALUE         a broker property, after (so over) everything else; repeatable
 #   --format-arg ARG        passed to the storage formatter when DIR is new (e.g. --add-scram ...)
 #   --heap SIZE             maximum heap (default 384m)
@@ -60,13 +63,14 @@ new_cluster_id() {
 
 run() {
     local dir="" port="" cport="" heap=384m
-    local sets=() format_args=()
+    local sets=() format_args=() extra=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --dir) dir="$2"; shift 2 ;;
             --port) port="$2"; shift 2 ;;
             --controller-port) cport="$2"; shift 2 ;;
             --set) sets+=("$2"); shift 2 ;;
+            --listener) extra+=("$2"); shift 2 ;;
             --format-arg) format_args+=("$2"); shift 2 ;;
             --heap) heap="$2"; shift 2 ;;
             *) die "kafka.sh run: unknown option $1" ;;
@@ -83,9 +87,14 @@ run() {
         cat "$KAFKA_CONF/server.properties"
         echo
         echo "# --- this instance (scripts/kafka.sh run) ---"
-        echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
-        echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
-        echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        local listeners="PLAINTEXT://127.0.0.1:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" l
+        for l in "${extra[@]}"; do
+            listeners="$listeners,$l"
+            map="$map,${l%%://*}:${l%%://*}"
+        done
+        echo "listeners=$listeners,CONTROLLER://127.0.0.1:$cport"
+        echo "advertised.listeners=$listeners"
+        echo "listener.security.protocol.map=$map"
         echo "controller.quorum.voters=1@127.0.0.1:$cport"
         echo "log.dirs=$dir/data"
         local s

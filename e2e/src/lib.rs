@@ -53,6 +53,8 @@ pub struct Options {
     pub post_quota: Option<i32>,
     /// Do not start user-service in-process (a test runs it as a process of its own).
     pub external_users: bool,
+    /// Kafka settings for every service (default: the shared test broker, a fresh topic prefix).
+    pub kafka: Option<KafkaSettings>,
 }
 
 /// The three services and their databases.
@@ -128,7 +130,7 @@ impl Stack {
 
     pub async fn start_with(options: Options) -> Self {
         init_logs();
-        let kafka = kafka_settings();
+        let kafka = options.kafka.clone().unwrap_or_else(kafka_settings);
         let (orchestrator_pool, orchestrator_url) = fresh_database(&ORCHESTRATOR_MIGRATOR).await;
         let (users_pool, users_url) = fresh_database(&user_service::MIGRATOR).await;
         let (posts_pool, posts_url) = fresh_database(&post_service::MIGRATOR).await;
@@ -316,12 +318,13 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Each jump passes a deadline or a backoff; the compensation's budget is an hour.
         let parked = "SELECT count(*) FROM sagas WHERE state = 'failed'";
         for _ in 0..200 {
             if Self::scalar(&self.dbs.orchestrator, parked).await == n as i64 {
                 break;
             }
-            self.clock.advance(chrono::TimeDelta::seconds(70)); // past a deadline or a backoff
+            self.clock.advance(chrono::TimeDelta::minutes(10));
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_eq!(
@@ -466,13 +469,7 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// A free loopback port (bound and released; fine for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use saga_runtime::testing::free_port;
 
 /// A scrape of a Prometheus `/metrics` page.
 #[derive(Debug, Clone, Default)]

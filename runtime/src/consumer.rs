@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
@@ -214,9 +214,7 @@ pub async fn run<H: Handler>(
             }
         }
     }
-    if let Err(e) = subscription.consumer().commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "final offset commit failed (nothing stored, or rebalancing)");
-    }
+    subscription.close().await;
     tracing::info!("consumer stopped");
 }
 

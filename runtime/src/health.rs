@@ -129,11 +129,17 @@ impl Check {
 
     /// Whether the check is failing now (whatever the grace period).
     pub fn is_failing(&self) -> bool {
+        self.failing_for().is_some()
+    }
+
+    /// How long the check has been failing, if it is.
+    pub fn failing_for(&self) -> Option<std::time::Duration> {
         self.health
             .inner
             .lock()
             .get(&self.name)
-            .is_some_and(|s| s.failing.is_some())
+            .and_then(|s| s.failing.as_ref())
+            .map(|(since, _)| since.elapsed())
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -24,6 +25,60 @@ use crate::health::Check;
 
 /// A group consumer that reports its partition assignment and its health (see [`GroupContext`]).
 pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// The producer type every service uses (see [`Producer`], which wraps it).
+pub type RawProducer = FutureProducer<QuietContext>;
+
+/// librdkafka's log lines, into `tracing`. While a broker is away librdkafka logs every failed
+/// connection attempt of every client (facility `FAIL`); those go to debug, since the health checks
+/// report an outage once, when it lasts. Everything else keeps its level.
+fn route_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    if facility == "FAIL" {
+        tracing::debug!(target: "librdkafka", facility, "{message}");
+        return;
+    }
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// The context of the producers and admin clients: librdkafka's logs through [`route_log`], and
+/// its error callbacks (connection failures, retried by librdkafka itself) at debug — a relay
+/// that cannot publish reports that to its health check.
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        route_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+/// A client error callback, logged: credentials or certificates that the brokers refuse are a
+/// configuration problem an operator must see (warned at every reconnect, so at most every few
+/// seconds); the rest — connections lost and retried — is debug, reported by the health checks.
+fn log_client_error(error: &KafkaError, reason: &str) {
+    let refused = error.rdkafka_error_code().is_some_and(|c| {
+        matches!(
+            c,
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+        )
+    });
+    if refused {
+        tracing::warn!(%error, reason, "the Kafka brokers refused this client's credentials or certificate");
+    } else {
+        tracing::debug!(%error, reason, "kafka client error");
+    }
+}
 
 /// Consumer context that publishes how many partitions the group currently assigns to this
 /// member, so a service can tell "ready to consume" apart from "still joining the group", and
@@ -49,6 +104,10 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        route_log(level, fac, log_message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         match statistics.cgrp {
             Some(group) if group.state == "up" => self.health.ok(),
@@ -60,9 +119,8 @@ impl ClientContext for GroupContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka retries by itself; the health check (and /readyz) says when it lasts. Logged
-        // at debug only: while a broker is away this fires for every connection attempt.
-        tracing::debug!(%error, reason, "kafka client error");
+        // librdkafka retries by itself; the health check (and /readyz) says when it lasts.
+        log_client_error(&error, reason);
         self.health.failing(format_args!("{error}: {reason}"));
     }
 }
@@ -347,7 +405,7 @@ impl KafkaSettings {
 
     /// An idempotent producer: acks from all in-sync replicas, broker-side de-duplication of
     /// retries, per-partition order preserved.
-    fn raw_producer(&self) -> Result<FutureProducer, KafkaError> {
+    fn raw_producer(&self) -> Result<RawProducer, KafkaError> {
         self.config(
             &[
                 ("enable.idempotence", "true"),
@@ -357,7 +415,7 @@ impl KafkaSettings {
             ],
             &self.producer,
         )
-        .create()
+        .create_with_context(QuietContext)
     }
 
     /// A consumer in `group` (a deployed name, see [`KafkaSettings::group`]) that only commits offsets the service stored after finishing a
@@ -403,7 +461,7 @@ impl KafkaSettings {
     /// service starts even while the broker is away (its outbox keeps what it has to send).
     pub async fn ensure_topics_or_warn(&self, topics: &[String]) {
         match tokio::time::timeout(Duration::from_secs(15), self.ensure_topics(topics)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, brokers = %self.brokers, "could not create topics; continuing")
             }
@@ -413,21 +471,25 @@ impl KafkaSettings {
         }
     }
 
-    /// Creates the given (already prefixed) topics if they are missing. A no-op unless
-    /// `create_topics` is set.
-    pub async fn ensure_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
+    /// Creates the given (already prefixed) topics if they are missing; returns those it created.
+    /// A no-op unless `create_topics` is set.
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<Vec<String>, KafkaError> {
         if !self.create_topics || topics.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let admin: AdminClient<DefaultClientContext> = self.config(&[], &BTreeMap::new()).create()?;
+        let admin: AdminClient<QuietContext> = self
+            .config(&[], &BTreeMap::new())
+            .create_with_context(QuietContext)?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(self.replication)))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let mut created = Vec::new();
         for result in admin.create_topics(&new, &opts).await? {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(topic) => created.push(topic),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
                     return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
                         tracing::error!(%topic, ?code, "could not create topic");
@@ -435,7 +497,7 @@ impl KafkaSettings {
                 }
             }
         }
-        Ok(())
+        Ok(created)
     }
 }
 
@@ -453,7 +515,7 @@ const REPAIR_GAP: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Producer {
     settings: Arc<KafkaSettings>,
-    current: Arc<Mutex<FutureProducer>>,
+    current: Arc<Mutex<RawProducer>>,
     /// When each topic was last created again.
     repaired: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -469,7 +531,7 @@ impl Producer {
     }
 
     /// The producer to send with now.
-    pub fn get(&self) -> FutureProducer {
+    pub fn get(&self) -> RawProducer {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -508,18 +570,39 @@ impl Producer {
 
     /// Creates `topic` again if it is missing, at most every few seconds.
     async fn recreate(&self, topic: &str) {
+        self.ensure(std::iter::once(topic)).await;
+    }
+
+    /// Creates whichever of `topics` the brokers lack (when `create_topics` is on), looking at
+    /// each at most every few seconds; each topic created is logged. For a relay whose records go
+    /// unacknowledged: a deleted topic fails deliveries only after librdkafka's metadata
+    /// propagation timeout (30 s), so the relay asks sooner.
+    pub async fn ensure<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
         if !self.settings.create_topics {
             return;
         }
+        let mut due: Vec<String> = Vec::new();
         {
             let mut repaired = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
-            if repaired.get(topic).is_some_and(|t| t.elapsed() < REPAIR_GAP) {
-                return;
+            for topic in topics {
+                if repaired.get(topic).is_none_or(|at| at.elapsed() >= REPAIR_GAP) {
+                    repaired.insert(topic.to_owned(), Instant::now());
+                    due.push(topic.to_owned());
+                }
             }
-            repaired.insert(topic.to_owned(), Instant::now());
         }
-        tracing::warn!(%topic, "the broker does not know a topic this service writes to; creating it again");
-        self.settings.ensure_topics_or_warn(&[topic.to_owned()]).await;
+        if due.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(15), self.settings.ensure_topics(&due)).await {
+            Ok(Ok(created)) => {
+                for topic in created {
+                    tracing::warn!(%topic, "the brokers had lost a topic this service writes to; created it again");
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not check the topics"),
+            Err(_) => tracing::debug!("the brokers did not answer a topic check"),
+        }
     }
 }
 
@@ -580,7 +663,34 @@ impl Subscription {
     pub fn fetched(&self) {
         self.consumer.context().health.ok();
     }
+
+    /// Commits the stored offsets and leaves the group — on a thread of its own, since both block
+    /// until the coordinator answers — and waits for that at most [`CLOSE_WAIT`]: with the brokers
+    /// away, a service must still stop promptly (the thread is detached, so neither the runtime
+    /// nor the process waits for it). Offsets not committed are only redelivered, and the inbox
+    /// answers a redelivered command from its record.
+    pub async fn close(self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-consumer-close".into())
+            .spawn(move || {
+                if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                    tracing::debug!(error = %e, "final offset commit failed (nothing stored, or rebalancing)");
+                }
+                drop(self.consumer); // leaves the group
+                let _ = done.send(());
+            });
+        if spawned.is_err() || tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+            tracing::warn!(
+                "the consumer could not commit its offsets and leave its group within {CLOSE_WAIT:?}; \
+                 the last messages will be delivered again"
+            );
+        }
+    }
 }
+
+/// The longest a consumer waits for the brokers when it stops.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

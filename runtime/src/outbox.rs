@@ -17,7 +17,7 @@
 //! The schema lives in each service's migrations (`outbox`, and a statement-level trigger that
 //! sends `NOTIFY outbox` on insert).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -326,6 +326,9 @@ impl Vacuum {
     }
 }
 
+/// How long acknowledgements may stop before the relay checks that its topics still exist.
+const STALLED: Duration = Duration::from_secs(3);
+
 /// A row handed to the producer: resolves to (row id, insert time, acknowledged?).
 type Delivery = Pin<Box<dyn Future<Output = (i64, DateTime<Utc>, bool)> + Send + Sync>>;
 
@@ -483,6 +486,8 @@ impl Relay {
         let mut backoff = Duration::from_millis(100);
         let mut more = true; // there may be rows to read now
         let mut vacuum = Vacuum::default();
+        // Topics this relay has published to: checked when acknowledgements stop coming.
+        let mut topics: BTreeSet<String> = BTreeSet::new();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -510,6 +515,9 @@ impl Relay {
                     more = rows.len() as i64 == limit;
                     for row in &rows {
                         unfinished.insert(row.id);
+                        if !topics.contains(&row.topic) {
+                            topics.insert(row.topic.clone());
+                        }
                         in_flight.push(self.publish(row).await);
                     }
                 }
@@ -517,6 +525,13 @@ impl Relay {
                     // Failing since the last acknowledgement, if the broker stops answering.
                     self.health
                         .failing("rows handed to the producer are not acknowledged");
+                    if self.health.failing_for().is_some_and(|d| d >= STALLED) {
+                        // A topic deleted (or lost with the broker's log) fails deliveries only
+                        // after librdkafka's metadata timeout; look for it sooner.
+                        let producer = self.producer.clone();
+                        let topics = topics.clone();
+                        tokio::spawn(async move { producer.ensure(topics.iter().map(String::as_str)).await });
+                    }
                 }
                 Ok(())
             }
@@ -575,8 +590,15 @@ impl Relay {
                 _ = tokio::time::sleep(wait) => more = true,
             }
         }
-        // Give in-flight deliveries a moment; rows not acknowledged stay in the outbox.
-        let _ = self.producer.get().flush(Duration::from_secs(5));
+        // Give in-flight deliveries a moment (less if acknowledgements had stopped coming); rows
+        // not acknowledged stay in the outbox. Off the async threads: flushing blocks.
+        let wait = if self.health.is_failing() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        let producer = self.producer.get();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(wait)).await;
         while let Some(Some(done)) = in_flight.next().now_or_never() {
             self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
         }

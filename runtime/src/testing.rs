@@ -272,3 +272,136 @@ impl Drop for TestPki {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An Apache Kafka broker of the test's own (`scripts/kafka.sh run`), for tests that kill it,
+/// wipe its log, delete its topics or give it other listeners. Its log directory is a temporary
+/// directory that outlives restarts and goes when the value is dropped (the broker with it).
+pub struct KafkaBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+    controller_port: u16,
+    listeners: Vec<String>,
+    sets: Vec<String>,
+    format_args: Vec<String>,
+    child: Option<std::process::Child>,
+    starts: usize,
+}
+
+/// How to start a [`KafkaBroker`] other than plainly.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// More listeners, `NAME://127.0.0.1:PORT`, the name being the security protocol.
+    pub listeners: Vec<String>,
+    /// Broker properties, over the project's defaults.
+    pub sets: Vec<String>,
+    /// Arguments for the storage formatter (e.g. `--add-scram …`).
+    pub format_args: Vec<String>,
+}
+
+impl KafkaBroker {
+    /// A broker with the project's `server.properties`, listening on a free loopback port.
+    pub async fn start() -> Self {
+        Self::start_with(BrokerOptions::default()).await
+    }
+
+    /// A broker whose PLAINTEXT listener is on a free loopback port, started with `options`.
+    pub async fn start_with(options: BrokerOptions) -> Self {
+        let dir = std::env::temp_dir().join(unique("saga-kafka-"));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let mut broker = Self {
+            dir,
+            port: free_port(),
+            controller_port: free_port(),
+            listeners: options.listeners,
+            sets: options.sets,
+            format_args: options.format_args,
+            child: None,
+            starts: 0,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    /// `bootstrap.servers` for the PLAINTEXT listener.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log so far (all starts), for failure messages.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.dir.join(format!("broker-{n}.log"))).unwrap_or_default())
+            .collect()
+    }
+
+    /// SIGKILL: no controlled shutdown, nothing flushed beyond what the OS already has.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Deletes the log directory (the broker must be stopped): the next start is a new cluster
+    /// that has lost every topic, message, offset and producer id.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "wipe a stopped broker");
+        let _ = std::fs::remove_dir_all(self.dir.join("data"));
+    }
+
+    /// Starts the broker (again), on the same ports and log directory, and waits until it serves.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        self.starts += 1;
+        let log_path = self.dir.join(format!("broker-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).expect("broker log");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka.sh");
+        let mut cmd = std::process::Command::new(script);
+        cmd.args(["run", "--dir"])
+            .arg(&self.dir)
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()]);
+        for l in &self.listeners {
+            cmd.args(["--listener", l]);
+        }
+        for s in &self.sets {
+            cmd.args(["--set", s]);
+        }
+        for a in &self.format_args {
+            cmd.args(["--format-arg", a]);
+        }
+        cmd.stdout(log.try_clone().expect("broker log")).stderr(log);
+        self.child = Some(cmd.spawn().expect("run scripts/kafka.sh"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("Kafka Server started") {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                panic!("the Kafka broker exited ({status}) while starting:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Kafka broker did not start within 120 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

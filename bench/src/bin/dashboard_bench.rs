@@ -55,7 +55,7 @@ SELECT (lpad(to_hex((extract(epoch FROM t.created) * 1000)::bigint), 12, '0') ||
                     WHEN 'running' THEN CASE WHEN t.typ = 'register_user' THEN 'create_author' ELSE 'create_post' END
                     ELSE CASE WHEN t.typ = 'register_user' THEN 'create_user' ELSE 'create_post' END END,
        CASE t.state WHEN 'compensated' THEN 'step `create_post` was rejected: invalid title'
-                    WHEN 'failed' THEN 'compensation of step `create_user` failed 10 times; needs an operator' END,
+                    WHEN 'failed' THEN 'compensation of step `create_user` gave up after 26 attempts in 60 min 4 s (last: no reply within the 5000 ms deadline); needs an operator' END,
        CASE WHEN t.state IN ('running', 'compensating') THEN t.created + interval '5 seconds' END,
        t.created,
        CASE WHEN t.state IN ('running', 'compensating') THEN t.created ELSE t.created + interval '120 ms' END

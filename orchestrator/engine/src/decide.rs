@@ -4,9 +4,11 @@
 //! - Steps run one at a time, in order. At most one phase of a saga is active (sent, unanswered).
 //! - A reply counts only for the current attempt of the active phase; anything else is a duplicate
 //!   or stale reply and is ignored (and reported as an event, so the history shows it).
-//! - A technical failure or a missed deadline retries with backoff until the policy's attempts are
-//!   spent. An action that gives up this way is *abandoned*: it may have been applied, so it is
-//!   compensated like a succeeded one. A business failure is definite: nothing to undo for it.
+//! - A technical failure or a missed deadline means "unknown", not "no": it retries with backoff
+//!   until the policy's budget — time since the first attempt, and optionally a number of
+//!   attempts — is spent. An action that gives up this way is *abandoned*: it may have been
+//!   applied, so it is compensated like a succeeded one. A business failure is definite: nothing
+//!   to undo for it.
 //! - Compensation runs over the steps that owe it, highest index first, one at a time. A
 //!   compensation that spends its budget parks the saga as failed.
 //! - Once a pivot step (no compensation) has succeeded the saga can only go forward; a failure after
@@ -508,10 +510,12 @@ impl<'a> Machine<'a> {
                     .is_some_and(|c| c.status == PhaseStatus::Exhausted)
             })
             .collect();
+        let now = self.now;
         for &step in &exhausted {
             let rec = self.record(step, Phase::Compensation);
             rec.status = PhaseStatus::Pending;
             rec.budget_from = rec.attempt;
+            rec.budget_started_at = Some(now);
             rec.finished_at = None;
             self.events.push(Event::CompensationReplayed {
                 step,
@@ -573,8 +577,10 @@ impl<'a> Machine<'a> {
                 self.name(step)
             ));
         }
+        let now = self.now;
         let rec = self.record(step, Phase::Action);
         rec.budget_from = rec.attempt;
+        rec.budget_started_at = Some(now);
         rec.last_error = None;
         self.saga.state = SagaState::Running;
         self.saga.failure_reason = None;
@@ -611,6 +617,7 @@ impl<'a> Machine<'a> {
         rec.attempt += 1;
         rec.status = PhaseStatus::InFlight;
         rec.started_at.get_or_insert(now);
+        rec.budget_started_at.get_or_insert(now);
         rec.finished_at = None;
         rec.deadline = Some(deadline);
         rec.retry_at = None;
@@ -664,10 +671,12 @@ impl<'a> Machine<'a> {
         rec.deadline = None;
         let attempt = rec.attempt;
         let used = attempt - rec.budget_from.min(attempt);
-        let retry_at = (used < policy.max_attempts).then(|| {
+        let budget_start = rec.budget_start().unwrap_or(now);
+        let retry_at = policy.allows_retry(used, budget_start, now).then(|| {
             let wait = policy.backoff(attempt, splitmix64(seed ^ u64::from(attempt)));
             now + TimeDelta::milliseconds(wait.as_millis() as i64)
         });
+        let spent = describe_budget(used, now - budget_start);
         if let Some(at) = retry_at {
             rec.status = PhaseStatus::RetryScheduled;
             rec.retry_at = Some(at);
@@ -686,7 +695,7 @@ impl<'a> Machine<'a> {
         }
         match phase {
             Phase::Action => {
-                let why = format!("step `{name}` gave up after {used} attempts: {reason}");
+                let why = format!("step `{name}` gave up after {spent}: {reason}");
                 self.abandon(step, why.clone());
                 self.forward_failed(step, why);
             }
@@ -702,7 +711,7 @@ impl<'a> Machine<'a> {
                     reason: reason.clone(),
                 });
                 self.park(format!(
-                    "compensation of step `{name}` failed {used} times (last: {reason}); needs an operator"
+                    "compensation of step `{name}` gave up after {spent} (last: {reason}); needs an operator"
                 ));
             }
         }
@@ -772,6 +781,18 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// "3 attempts in 5 min 2 s": what a spent budget held.
+fn describe_budget(attempts: u32, elapsed: TimeDelta) -> String {
+    let secs = elapsed.num_seconds().max(0);
+    let time = match (secs / 60, secs % 60) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    };
+    let plural = if attempts == 1 { "" } else { "s" };
+    format!("{attempts} attempt{plural} in {time}")
+}
+
 fn describe(status: PhaseStatus) -> &'static str {
     match status {
         PhaseStatus::Pending => "not sent",
@@ -798,14 +819,16 @@ mod tests {
             compensation: compensation.map(Into::into),
             deadline_ms: 1_000,
             retry: RetryPolicy {
-                max_attempts: attempts,
+                give_up_after_ms: None,
+                max_attempts: Some(attempts),
                 initial_backoff_ms: 100,
                 max_backoff_ms: 100,
                 multiplier: 1.0,
                 jitter: 0.0,
             },
             compensation_retry: RetryPolicy {
-                max_attempts: 2,
+                give_up_after_ms: None,
+                max_attempts: Some(2),
                 initial_backoff_ms: 100,
                 max_backoff_ms: 100,
                 multiplier: 1.0,
@@ -841,7 +864,10 @@ mod tests {
 
     impl Run {
         fn start() -> Self {
-            let def = def();
+            Self::with(def())
+        }
+
+        fn with(def: SagaDefinition) -> Self {
             let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("valid time");
             let last = start(&def, SagaId::new_v7(), Map::new(), now);
             Run {
@@ -1045,6 +1071,50 @@ mod tests {
                 .as_deref()
                 .is_some_and(|m| m.contains("gave up after 2 attempts"))
         );
+    }
+
+    #[test]
+    fn a_time_budget_keeps_retrying_until_it_is_spent_however_many_attempts_that_takes() {
+        let mut d = def();
+        d.steps[1].retry = RetryPolicy {
+            give_up_after_ms: Some(30_000),
+            max_attempts: None,
+            ..d.steps[1].retry.clone()
+        };
+        let mut r = Run::with(d);
+        r.ok(0, Phase::Action);
+        let started = r.now;
+        // Every attempt misses its 1 s deadline (a participant restarting, a rebalance…).
+        let mut attempts = 1;
+        while r.saga.steps[1].action.status != PhaseStatus::Abandoned {
+            r.advance(1_000); // the deadline passes
+            if r.saga.steps[1].action.status == PhaseStatus::RetryScheduled {
+                r.advance(100); // the backoff passes: the next attempt goes out
+                attempts += 1;
+            }
+            assert!(attempts < 100, "the budget never ran out");
+        }
+        assert!(attempts > 10, "far more than a count of 3: {attempts}");
+        assert!(r.now - started >= TimeDelta::seconds(30));
+        assert!(r.now - started < TimeDelta::seconds(32), "not much longer either");
+        let reason = r.saga.failure_reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("gave up after {attempts} attempts in 30 s")),
+            "{reason}"
+        );
+        // An answer inside the budget would have completed the step: the same run, answered late.
+        let mut late = def();
+        late.steps[1].retry.give_up_after_ms = Some(30_000);
+        late.steps[1].retry.max_attempts = None;
+        let mut r = Run::with(late);
+        r.ok(0, Phase::Action);
+        for _ in 0..10 {
+            r.advance(1_000);
+            r.advance(100);
+        }
+        assert_eq!(r.saga.state, SagaState::Running);
+        r.ok(1, Phase::Action);
+        assert_eq!(r.saga.steps[1].action.status, PhaseStatus::Succeeded);
     }
 
     #[test]

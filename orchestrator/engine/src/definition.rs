@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -47,7 +48,8 @@ pub struct StepDefinition {
     pub compensation: Option<String>,
     /// How long one attempt may wait for its reply before it counts as failed.
     pub deadline_ms: u64,
-    /// Retries of the forward action after a technical failure or a missed deadline.
+    /// Retries of the forward action after a technical failure or a missed deadline; when spent,
+    /// the action is abandoned and the saga compensates (or parks, past a pivot).
     #[serde(default)]
     pub retry: RetryPolicy,
     /// Retries of the compensation; when spent, the saga is parked as failed.
@@ -55,11 +57,24 @@ pub struct StepDefinition {
     pub compensation_retry: RetryPolicy,
 }
 
-/// Exponential backoff with jitter. `max_attempts` counts every attempt, the first included.
+/// How long a phase keeps trying, and how it backs off between attempts.
+///
+/// A missed deadline or a technical failure means *unknown*, not *no*: the participant may be
+/// restarting, its consumer group rebalancing, the broker moving partitions. So the budget is
+/// **time**: attempts are retried, with capped exponential backoff and jitter, until
+/// `give_up_after_ms` has passed since the phase's first attempt (or since an operator gave it a
+/// new budget). `max_attempts`, counting every attempt from the first, is an optional extra cap.
+/// At least one of the two must be set. A business refusal never retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    pub max_attempts: u32,
+    /// The time budget: no new attempt is scheduled once this long has passed since the budget
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub give_up_after_ms: Option<u64>,
+    /// An extra cap on the number of attempts within a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     #[serde(default = "default_multiplier")]
@@ -78,9 +93,12 @@ fn default_jitter() -> f64 {
 }
 
 impl Default for RetryPolicy {
+    /// Forward actions: keep trying for five minutes, backing off up to five seconds — long
+    /// enough to ride out a participant's restart, a consumer group's rebalance or a broker's.
     fn default() -> Self {
         Self {
-            max_attempts: 3,
+            give_up_after_ms: Some(5 * 60 * 1000),
+            max_attempts: None,
             initial_backoff_ms: 200,
             max_backoff_ms: 5_000,
             multiplier: default_multiplier(),
@@ -90,15 +108,31 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Compensations must not give up lightly: many attempts, backing off up to a minute.
+    /// Compensations must not give up lightly: an hour, backing off up to a minute. Giving up
+    /// parks the saga for an operator.
     pub fn compensation_default() -> Self {
         Self {
-            max_attempts: 10,
+            give_up_after_ms: Some(60 * 60 * 1000),
+            max_attempts: None,
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
             multiplier: default_multiplier(),
             jitter: default_jitter(),
         }
+    }
+
+    /// Whether another attempt may be scheduled at `now`, after `used` attempts of a budget that
+    /// started at `budget_start`.
+    pub fn allows_retry(&self, used: u32, budget_start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let in_time = self.give_up_after(budget_start).is_none_or(|end| now < end);
+        let in_count = self.max_attempts.is_none_or(|max| used < max);
+        in_time && in_count
+    }
+
+    /// When a budget started at `budget_start` ends, if the policy has a time budget.
+    pub fn give_up_after(&self, budget_start: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.give_up_after_ms
+            .map(|ms| budget_start + TimeDelta::milliseconds(ms as i64))
     }
 
     /// The wait before the attempt after `failed_attempt` (1-based). `seed` picks the jitter;
@@ -114,8 +148,13 @@ impl RetryPolicy {
 
     fn validate(&self, what: &str) -> Result<(), DefinitionError> {
         let err = |problem: String| Err(DefinitionError(format!("{what}: {problem}")));
-        if self.max_attempts == 0 {
-            return err("max_attempts must be at least 1".into());
+        match (self.give_up_after_ms, self.max_attempts) {
+            (None, None) => return err("give_up_after_ms or max_attempts must be set".into()),
+            (_, Some(0)) => return err("max_attempts must be at least 1".into()),
+            (Some(ms), _) if ms == 0 || ms > MAX_DURATION_MS => {
+                return err(format!("give_up_after_ms must be within 1..={MAX_DURATION_MS}"));
+            }
+            _ => {}
         }
         if self.initial_backoff_ms > self.max_backoff_ms {
             return err("initial_backoff_ms exceeds max_backoff_ms".into());
@@ -402,8 +441,19 @@ mod tests {
         assert!(d.validate().unwrap_err().0.contains("repeated"));
 
         let mut d = two_steps();
-        d.steps[0].retry.max_attempts = 0;
+        d.steps[0].retry.max_attempts = Some(0);
         assert!(d.validate().unwrap_err().0.contains("max_attempts"));
+
+        let mut d = two_steps();
+        d.steps[0].retry.give_up_after_ms = None;
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .0
+                .contains("give_up_after_ms or max_attempts must be set")
+        );
+        d.steps[0].retry.max_attempts = Some(3);
+        assert_eq!(d.validate(), Ok(()), "a count alone is a budget");
 
         let mut d = two_steps();
         d.generated_ids = vec!["email".into()];
@@ -463,7 +513,8 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_jitters_within_bounds() {
         let p = RetryPolicy {
-            max_attempts: 5,
+            give_up_after_ms: None,
+            max_attempts: Some(5),
             initial_backoff_ms: 100,
             max_backoff_ms: 1000,
             multiplier: 2.0,
@@ -483,6 +534,38 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_is_time_with_an_optional_cap_on_attempts() {
+        let start = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).expect("time");
+        let at = |s: i64| start + TimeDelta::seconds(s);
+        let timed = RetryPolicy::default();
+        assert!(
+            timed.allows_retry(1_000, start, at(299)),
+            "no count cap by default"
+        );
+        assert!(
+            !timed.allows_retry(2, start, at(300)),
+            "five minutes, then no more"
+        );
+        assert_eq!(timed.give_up_after(start), Some(at(300)));
+        let capped = RetryPolicy {
+            max_attempts: Some(3),
+            ..RetryPolicy::default()
+        };
+        assert!(capped.allows_retry(2, start, at(1)));
+        assert!(
+            !capped.allows_retry(3, start, at(1)),
+            "the cap applies within the time"
+        );
+        let counted = RetryPolicy {
+            give_up_after_ms: None,
+            max_attempts: Some(3),
+            ..RetryPolicy::default()
+        };
+        assert!(counted.allows_retry(2, start, at(1_000_000)), "no time limit");
+        assert_eq!(counted.give_up_after(start), None);
+    }
+
+    #[test]
     fn definitions_parse_from_toml() {
         let text = r#"
             name = "demo"
@@ -494,11 +577,15 @@ mod tests {
             action = "DoIt"
             compensation = "UndoIt"
             deadline_ms = 500
-            retry = { max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            retry = { give_up_after_ms = 60000, max_attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 100 }
         "#;
         let d: SagaDefinition = toml::from_str(text).expect("parses");
         assert_eq!(d.validate(), Ok(()));
         assert_eq!(d.steps[0].retry.multiplier, 2.0);
+        assert_eq!(
+            (d.steps[0].retry.give_up_after_ms, d.steps[0].retry.max_attempts),
+            (Some(60_000), Some(2))
+        );
         assert_eq!(d.steps[0].compensation_retry, RetryPolicy::compensation_default());
         assert!(
             toml::from_str::<SagaDefinition>("name = \"x\"\nversion = 1\nsteps = []\nbogus = 1").is_err()

@@ -174,6 +174,11 @@ pub struct PhaseRecord {
     /// attempts after it, while attempt numbers keep growing (so old attempts stay stale).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub budget_from: u32,
+    /// When the current retry budget started: the first attempt, or an operator's replay or
+    /// retry. The policy's `give_up_after_ms` runs from here (records written before budgets
+    /// were time-based lack it; `started_at` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +206,7 @@ impl PhaseRecord {
             status: PhaseStatus::Pending,
             attempt: 0,
             budget_from: 0,
+            budget_started_at: None,
             started_at: None,
             finished_at: None,
             deadline: None,
@@ -208,6 +214,11 @@ impl PhaseRecord {
             last_error: None,
             reply: None,
         }
+    }
+
+    /// When the current retry budget started (see `budget_started_at`).
+    pub fn budget_start(&self) -> Option<DateTime<Utc>> {
+        self.budget_started_at.or(self.started_at)
     }
 
     /// The moment this phase needs the engine again, if any.

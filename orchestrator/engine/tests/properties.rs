@@ -53,9 +53,29 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Per step: compensable?, action attempts, compensation attempts.
+/// A retry budget: a time budget (up to 6 s), a count (1-3 attempts), or both.
+fn budget() -> impl Strategy<Value = (Option<u64>, Option<u32>)> {
+    prop_oneof![
+        (1u64..6_000).prop_map(|ms| (Some(ms), None)),
+        (1u32..4).prop_map(|n| (None, Some(n))),
+        (1u64..6_000, 1u32..4).prop_map(|(ms, n)| (Some(ms), Some(n))),
+    ]
+}
+
+fn policy((give_up_after_ms, max_attempts): (Option<u64>, Option<u32>)) -> RetryPolicy {
+    RetryPolicy {
+        give_up_after_ms,
+        max_attempts,
+        initial_backoff_ms: 50,
+        max_backoff_ms: 400,
+        multiplier: 2.0,
+        jitter: 0.5,
+    }
+}
+
+/// Per step: compensable?, the action's budget, the compensation's budget.
 fn definition() -> impl Strategy<Value = SagaDefinition> {
-    prop::collection::vec((prop::bool::weighted(0.7), 1u32..4, 1u32..4), 1..6).prop_map(|steps| {
+    prop::collection::vec((prop::bool::weighted(0.7), budget(), budget()), 1..6).prop_map(|steps| {
         SagaDefinition {
             name: "prop".into(),
             version: 1,
@@ -65,26 +85,14 @@ fn definition() -> impl Strategy<Value = SagaDefinition> {
             steps: steps
                 .into_iter()
                 .enumerate()
-                .map(|(i, (compensable, attempts, comp_attempts))| StepDefinition {
+                .map(|(i, (compensable, budget, comp_budget))| StepDefinition {
                     name: format!("s{i}"),
                     participant: "p.commands".into(),
                     action: format!("Do{i}"),
                     compensation: compensable.then(|| format!("Undo{i}")),
                     deadline_ms: 1_000,
-                    retry: RetryPolicy {
-                        max_attempts: attempts,
-                        initial_backoff_ms: 50,
-                        max_backoff_ms: 400,
-                        multiplier: 2.0,
-                        jitter: 0.5,
-                    },
-                    compensation_retry: RetryPolicy {
-                        max_attempts: comp_attempts,
-                        initial_backoff_ms: 50,
-                        max_backoff_ms: 400,
-                        multiplier: 2.0,
-                        jitter: 0.5,
-                    },
+                    retry: policy(budget),
+                    compensation_retry: policy(comp_budget),
                 })
                 .collect(),
         }
@@ -325,6 +333,36 @@ impl Checker {
         for (b, a) in before.steps.iter().zip(&after.steps) {
             assert!(a.action.attempt >= b.action.attempt);
         }
+        // No retry is scheduled once a phase's budget is spent: not after its time, not beyond
+        // its count.
+        for e in &d.events {
+            if let Event::AttemptFailed {
+                step,
+                phase,
+                attempt,
+                retry_at: Some(_),
+                ..
+            } = e
+            {
+                let rec = after.steps[*step].phase(*phase).expect("phase exists");
+                let p = match phase {
+                    Phase::Action => &self.def.steps[*step].retry,
+                    Phase::Compensation => &self.def.steps[*step].compensation_retry,
+                };
+                let start = rec
+                    .budget_start()
+                    .expect("a budget started with the first attempt");
+                assert!(
+                    p.give_up_after(start).is_none_or(|end| self.now < end),
+                    "retry scheduled after the time budget"
+                );
+                assert!(
+                    p.max_attempts
+                        .is_none_or(|max| attempt - rec.budget_from.min(*attempt) < max),
+                    "retry scheduled beyond the attempt cap"
+                );
+            }
+        }
         for e in &d.events {
             if let Event::StepSucceeded {
                 step,
@@ -418,14 +456,15 @@ fn an_unreliable_participant_still_ends_every_saga() {
                     compensation: c.then(|| "U".into()),
                     deadline_ms: 100,
                     retry: RetryPolicy::default(),
-                    compensation_retry: RetryPolicy::default(),
+                    compensation_retry: RetryPolicy::compensation_default(),
                 })
                 .collect(),
         };
         let mut c = Checker::new(def);
         c.run(&Op::Answer(Kind::Success));
-        for _ in 0..200 {
-            c.run(&Op::Advance(10_000));
+        // The default budgets: five minutes forward, an hour per compensation.
+        for _ in 0..1_000 {
+            c.run(&Op::Advance(60_000));
         }
         assert!(c.saga.state.is_terminal(), "{:?}", c.saga.state);
     }

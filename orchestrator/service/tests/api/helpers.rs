@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use saga_orchestrator::clock::ShiftedClock;
 use saga_orchestrator::settings::Settings;
 use saga_orchestrator::startup::{Application, MIGRATOR};
@@ -171,6 +171,19 @@ impl TestApp {
         self.get(id).await.saga.expect("saga view")
     }
 
+    /// Moves time forward in `jump`s (each a missed deadline or a passed backoff) until the saga
+    /// reaches `state`, e.g. until a budget that never gets an answer is spent.
+    pub async fn jump_until(&self, id: &str, state: SagaState, jump: chrono::TimeDelta) -> SagaView {
+        for _ in 0..60 {
+            if self.view(id).await.state == state as i32 {
+                break;
+            }
+            self.clock.advance(jump);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_for(id, state).await
+    }
+
     /// Polls until the saga reaches `state`.
     pub async fn wait_for(&self, id: &str, state: SagaState) -> SagaView {
         self.wait_until(id, &format!("{state:?}"), |v| v.state == state as i32)
@@ -245,7 +258,7 @@ pub fn command(record: &Record) -> CommandEnvelope {
 
 /// Plays a participant service: answers commands on the reply topic.
 pub struct Participant {
-    producer: FutureProducer,
+    producer: saga_runtime::kafka::RawProducer,
     reply_topic: String,
 }
 

@@ -32,20 +32,20 @@ async fn parked_saga(app: &TestApp) -> (String, saga_runtime::testing::TopicRead
             Answer::Business("pen name taken"),
         )
         .await;
-    let mut sent = 1;
-    users.take(1, WAIT).await;
-    for _ in 0..60 {
-        if sent == 10 {
-            break;
-        }
-        app.clock.advance(TimeDelta::seconds(70));
-        if users.next(Duration::from_millis(400)).await.is_some() {
-            sent += 1;
-        }
-    }
-    app.clock.advance(TimeDelta::seconds(70));
-    app.wait_for(&id, SagaState::Failed).await;
+    // DeleteUser never answers: each jump in time is a missed deadline or a passed backoff, until
+    // the compensation's budget of an hour is spent. Then every attempt sent is read, so the
+    // reader holds only what comes after.
+    let view = app
+        .jump_until(&id, SagaState::Failed, TimeDelta::minutes(10))
+        .await;
+    let attempts = view.steps[0].compensation.as_ref().unwrap().attempt as usize;
+    users.take(attempts, WAIT).await;
     (id, users)
+}
+
+/// How many attempts the parked compensation of step 0 made.
+async fn compensation_attempts(app: &TestApp, id: &str) -> u32 {
+    app.view(id).await.steps[0].compensation.as_ref().unwrap().attempt
 }
 
 fn replay(id: &str, reason: &str, dry_run: bool) -> ReplayCompensationRequest {
@@ -220,6 +220,7 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
     let participant = app.participant();
     let mut c = app.client.clone();
     let before = app.get(&id).await;
+    let next = compensation_attempts(&app, &id).await + 1;
 
     // Dry run: says what would be sent, changes nothing.
     let dry = c
@@ -230,7 +231,7 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
     assert_eq!(dry.outcome, ReplayOutcome::WouldReplay as i32);
     assert_eq!(
         (dry.commands[0].command_type.as_str(), dry.commands[0].attempt),
-        ("DeleteUser", 11)
+        ("DeleteUser", next)
     );
     assert_eq!(app.get(&id).await, before, "a dry run changes nothing");
     assert!(users.drain(Duration::from_millis(300)).await.is_empty());
@@ -244,7 +245,7 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
     let resent = command(&users.take(1, WAIT).await[0]);
     assert_eq!(
         (resent.command_type.as_str(), resent.attempt, resent.phase),
-        ("DeleteUser", 11, Phase::Compensation as i32)
+        ("DeleteUser", next, Phase::Compensation as i32)
     );
 
     // Replaying again while it is in flight sends nothing new.
@@ -258,7 +259,7 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
 
     // A late answer to an old attempt is ignored; the replayed attempt's answer ends the saga.
     let mut stale = participant.reply_for(&resent, Answer::Ok("{}"));
-    stale.attempt = 4;
+    stale.attempt = next - 1;
     participant.send(&stale).await;
     participant.answer(&resent, Answer::Ok("{}")).await;
     app.wait_for(&id, SagaState::Compensated).await;
@@ -281,11 +282,11 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
     );
     assert!(by_alice.contains(&("replay_skipped", "double click".into())));
     assert!(by_alice.contains(&("replay_skipped", "triple click".into())));
-    assert!(
-        history
-            .iter()
-            .any(|e| e.kind == "reply_ignored" && e.data_json.contains("stale: answers attempt 4"))
-    );
+    assert!(history.iter().any(|e| {
+        e.kind == "reply_ignored"
+            && e.data_json
+                .contains(&format!("stale: answers attempt {}", next - 1))
+    }));
 
     // Replay does not apply to a running saga.
     let running = app.register("running@example.com").await;
@@ -326,23 +327,21 @@ async fn retry_step_resends_a_pivot_that_never_answered() {
     participant
         .answer(&command(&posts.take(1, WAIT).await[0]), Answer::Ok("{}"))
         .await;
-    // ConfirmPost (the pivot) never answers: 8 attempts, then the saga parks instead of compensating.
-    for _ in 0..60 {
-        if app.view(&id).await.state == SagaState::Failed as i32 {
-            break;
-        }
-        app.clock.advance(TimeDelta::seconds(20));
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    let view = app.wait_for(&id, SagaState::Failed).await;
+    // ConfirmPost (the pivot) never answers: its 15-minute budget is spent, then the saga parks
+    // instead of compensating.
+    let view = app
+        .jump_until(&id, SagaState::Failed, TimeDelta::minutes(2))
+        .await;
     assert!(
         view.failure_reason
             .contains("the outcome of this pivot step is unknown"),
         "{}",
         view.failure_reason
     );
-    let confirms = users.drain(Duration::from_millis(300)).await;
-    assert_eq!(confirms.len(), 8);
+    let sent = view.steps[2].action.as_ref().unwrap().attempt as usize;
+    assert!(sent > 2, "the pivot was retried for its whole budget: {sent}");
+    let confirms = users.take(sent, WAIT).await;
+    assert!(confirms.iter().all(|c| command(c).command_type == "ConfirmPost"));
 
     let mut c = app.client.clone();
     let err = c
@@ -377,7 +376,7 @@ async fn retry_step_resends_a_pivot_that_never_answered() {
     let confirm = command(&users.take(1, WAIT).await[0]);
     assert_eq!(
         (confirm.command_type.as_str(), confirm.attempt),
-        ("ConfirmPost", 9)
+        ("ConfirmPost", sent as u32 + 1)
     );
     participant.answer(&confirm, Answer::Ok("{}")).await;
     app.wait_for(&id, SagaState::Completed).await;
