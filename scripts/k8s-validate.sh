@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes manifests offline: renders every kustomization under k8s/ with
-# `kubectl kustomize` and checks every object it produces:
+# kustomize and checks every object it produces:
 #   - built-in kinds with kubernetes-validate --strict against Kubernetes $K8S_VERSION (unknown
 #     fields and wrong types are errors);
 #   - the Strimzi custom resources against the JSON Schemas in k8s/schemas;
@@ -16,7 +16,7 @@
 #   scripts/k8s-validate.sh        # exit 0 only if all renders pass and every broken one fails
 #   scripts/k8s-validate.sh -q     # errors and one summary line per target only
 #
-# Needs python3 (with pip) and kubectl (or a standalone `kustomize`). kubernetes-validate is
+# Needs python3 (with pip) and go. kubernetes-validate (PyPI) and kustomize (`go install`) are
 # installed on first use into ~/.cache/saga-coordinator (SAGA_CACHE), pinned, and reused.
 # Nothing here talks to a cluster.
 set -euo pipefail
@@ -57,15 +57,18 @@ py() { PYTHONPATH="$KV_DIR" PYTHONNOUSERSITE=1 python3 "$@"; }
 py -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null ||
     die "kubernetes-validate in $KV_DIR does not import; delete that directory and run again"
 
-if command -v kubectl >/dev/null; then
-    render() { kubectl kustomize "$1"; }
-    RENDERER="kubectl kustomize ($(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'))"
-elif command -v kustomize >/dev/null; then
-    render() { kustomize build "$1"; }
-    RENDERER="kustomize build ($(kustomize version 2>/dev/null))"
-else
-    die "neither kubectl nor kustomize is installed: install kubectl (https://kubernetes.io/docs/tasks/tools/), which includes kustomize"
+# kustomize itself, pinned and built once with `go install` into the cache (the same renderer
+# everywhere; kubectl is not needed and not used).
+KUSTOMIZE_VERSION="v5.7.1"
+KUSTOMIZE="$SAGA_CACHE/kustomize-$KUSTOMIZE_VERSION/kustomize"
+if [ ! -x "$KUSTOMIZE" ]; then
+    command -v go >/dev/null || die "go is required to install kustomize (Debian: apt-get install golang)"
+    log "installing kustomize $KUSTOMIZE_VERSION into $(dirname "$KUSTOMIZE") (once; go install)"
+    GOBIN="$(dirname "$KUSTOMIZE")" GOFLAGS=-mod=mod go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" ||
+        die "could not install kustomize $KUSTOMIZE_VERSION"
 fi
+render() { "$KUSTOMIZE" build "$1"; }
+RENDERER="kustomize $KUSTOMIZE_VERSION"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

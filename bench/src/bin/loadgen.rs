@@ -319,11 +319,21 @@ async fn report_periodically(
                 format!("{label} {:.0}", 100.0 * used / secs)
             })
             .collect();
-        let rss: BTreeMap<&'static str, u64> =
-            procs.iter().map(|(l, _)| (*l, now[l].rss_kb / 1024)).collect();
+        // PostgreSQL's backends share their buffers: their proportional set, not the sum of RSS.
+        let rss: BTreeMap<&'static str, u64> = procs
+            .iter()
+            .map(|(l, _)| {
+                let kb = if *l == "postgres" {
+                    now[l].pss_kb
+                } else {
+                    now[l].rss_kb
+                };
+                (*l, kb / 1024)
+            })
+            .collect();
         println!(
             "[{:>4.0} s] finished {} ({:.1}/s), latency ms p50 {:.0} p99 {:.0}; publish lag ms p50/p99: {}; \
-             CPU % of a core: {}; RSS MiB: {}",
+             CPU % of a core: {}; RSS MiB (postgres: PSS): {}",
             n as f64 * every.as_secs_f64(),
             latencies.len(),
             latencies.len() as f64 / secs,
@@ -704,7 +714,7 @@ async fn main() -> anyhow::Result<()> {
     );
     if let (Some(first), Some(last)) = (rss_series.first(), rss_series.last()) {
         println!(
-            "RSS MiB, first report → last: {}",
+            "RSS MiB (postgres: PSS), first report → last: {}",
             first
                 .iter()
                 .map(|(p, v)| format!("{p} {v} → {}", last.get(p).copied().unwrap_or(0)))
