@@ -74,11 +74,55 @@ impl Orchestrator {
                 return Ok(views);
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("{open} of {} sagas still running after {timeout:?}", ids.len());
+                let stuck: Vec<String> = views
+                    .iter()
+                    .filter(|v| !is_terminal(v.state))
+                    .take(5)
+                    .map(describe)
+                    .collect();
+                anyhow::bail!(
+                    "{open} of {} sagas still running after {timeout:?}; for example: {}",
+                    ids.len(),
+                    stuck.join("; ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// One line on where a saga stands: state, step, and each step's phases (status, attempt, last
+/// error) — what a test prints when a saga does not finish.
+pub fn describe(v: &SagaView) -> String {
+    let phase = |p: &saga_proto::v1::PhaseView| {
+        let status = saga_proto::v1::PhaseStatus::try_from(p.status)
+            .map(|s| s.as_str_name().trim_start_matches("PHASE_STATUS_").to_lowercase())
+            .unwrap_or_default();
+        let err = if p.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.last_error)
+        };
+        format!("{} {status} #{}{err}", p.command_type, p.attempt)
+    };
+    let steps: Vec<String> = v
+        .steps
+        .iter()
+        .map(|s| {
+            let mut text = s.action.as_ref().map(phase).unwrap_or_default();
+            if let Some(c) = &s.compensation {
+                text.push_str(&format!(" / {}", phase(c)));
+            }
+            text
+        })
+        .collect();
+    format!(
+        "saga {} {} at `{}` [{}]",
+        v.saga_id,
+        state_name(v.state),
+        v.current_step,
+        steps.join(", ")
+    )
 }
 
 pub fn is_terminal(state: i32) -> bool {

@@ -75,8 +75,11 @@ pub struct Stack {
     posts: Option<Running>,
 }
 
+/// Logs of the services running in the test process: with `TEST_LOG` set, and always under
+/// cargo-nextest, which captures each test process's output and shows it only when the test
+/// fails — so a failure in CI comes with what the services said.
 fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
+    if std::env::var_os("TEST_LOG").is_some() || std::env::var_os("NEXTEST").is_some() {
         let _ = saga_runtime::telemetry::init("test", saga_runtime::telemetry::LogFormat::Human);
     }
 }

@@ -1,9 +1,9 @@
 //! The one Kafka consumer loop every service runs.
 //!
 //! The loop takes every message already received (up to `max_batch`) and hands the batch to the
-//! handler, which applies it — usually in one database transaction — and returns a verdict per
-//! message: done, or poison (it can never be processed: it goes to the dead-letter topic with the
-//! reason in its headers, and the loop moves on). A transient failure (database down, write
+//! handler, which applies it — usually in one database transaction — and returns a [`Verdict`] per
+//! message: `Done`, or `Poison` (it can never be processed: it goes to the dead-letter topic with
+//! the reason in its headers, and the loop moves on). A transient failure (database down, write
 //! conflict) means nothing was applied: the same batch is retried with backoff and no offset is
 //! stored, so a crash redelivers it. Offsets are stored only after the handler finished the batch
 //! and every dead-letter copy was acknowledged; stored offsets are committed in the background and
@@ -21,6 +21,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::kafka::{Producer, Subscription};
 
 /// A received message, decoupled from librdkafka's borrowed type.
@@ -90,8 +91,18 @@ impl Transient {
     }
 }
 
-/// Per message of a batch: `Ok` when done, `Err(reason)` when poison (dead-lettered).
-pub type Verdicts = Vec<Result<(), String>>;
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Processed (applied, refused by a rule, or recognised as a repeat).
+    Done,
+    /// Can never be processed (undecodable, not for this service, …): copied to the dead-letter
+    /// topic with this reason in its headers, and skipped.
+    Poison(String),
+}
+
+/// One verdict per message of a batch, in order.
+pub type Verdicts = Vec<Verdict>;
 
 /// Processes messages. Must be idempotent: a message may be delivered more than once.
 pub trait Handler: Send + Sync {
@@ -184,9 +195,8 @@ pub async fn run<H: Handler>(
                 if !subscription.repair(&e).await {
                     tracing::debug!(error = %e, "kafka receive error");
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                if !pause(&shutdown, Duration::from_millis(200)).await {
+                    break;
                 }
                 continue;
             }
@@ -226,7 +236,7 @@ async fn process<H: Handler>(
     batch: &[Incoming<'_>],
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let verdicts = loop {
         match handler.handle(batch).await {
             Ok(v) => break v,
@@ -234,32 +244,28 @@ async fn process<H: Handler>(
                 let first = &batch[0];
                 metrics::counter!("consumer_errors_total", "topic" => first.topic.to_owned()).increment(1);
                 tracing::warn!(topic = first.topic, partition = first.partition, offset = first.offset,
-                    messages = batch.len(), error = %reason, retry_in_ms = backoff.as_millis() as u64,
+                    messages = batch.len(), error = %reason, retry_in_ms = backoff.peek().as_millis() as u64,
                     "batch processing failed; retrying");
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
+        if !pause(shutdown, backoff.next_wait()).await {
+            return false;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     };
     for (i, m) in batch.iter().enumerate() {
         let topic = m.topic.to_owned();
-        match verdicts.get(i).cloned().unwrap_or(Ok(())) {
-            Ok(()) => {
+        match verdicts.get(i).cloned().unwrap_or(Verdict::Done) {
+            Verdict::Done => {
                 metrics::counter!("consumer_messages_total", "topic" => topic, "outcome" => "handled")
                     .increment(1);
             }
-            Err(reason) => {
-                let mut backoff = Duration::from_millis(50);
+            Verdict::Poison(reason) => {
+                let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
                 while let Err(e) = dlq.send(m, &reason).await {
                     tracing::warn!(error = %e, %reason, "could not dead-letter a message; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !pause(shutdown, backoff.next_wait()).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 metrics::counter!("consumer_messages_total", "topic" => topic.clone(), "outcome" => "dead_lettered")
                     .increment(1);
@@ -270,4 +276,12 @@ async fn process<H: Handler>(
         }
     }
     true
+}
+
+/// Waits `wait`, unless shutdown comes first (then false).
+async fn pause(shutdown: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }

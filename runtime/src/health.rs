@@ -67,6 +67,20 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Sets `readiness_check_failing_seconds{check}`: how long each check has been failing (0
+    /// while it is fine), for alerts that fire before `/readyz` does.
+    pub fn sample(&self) {
+        for (name, state) in self.inner.lock().iter() {
+            let secs = state
+                .failing
+                .as_ref()
+                .map_or(0.0, |(since, _)| since.elapsed().as_secs_f64());
+            metrics::gauge!("readiness_check_failing_seconds", "check" => name.clone()).set(secs);
+        }
+    }
+}
+
 impl Default for Health {
     /// A registry nobody asks: for loops run outside a service (tests, tools).
     fn default() -> Self {

@@ -70,6 +70,9 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// Gauges a service samples itself at scrape time (the orchestrator: sagas by state).
+pub type Sampler = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// What `/readyz` checks and `/metrics` samples.
 #[derive(Clone)]
 pub struct Probes {
@@ -77,6 +80,8 @@ pub struct Probes {
     pub producer: Producer,
     /// The background loops' own reports.
     pub health: Health,
+    /// The service's own scrape-time gauges.
+    pub samplers: Vec<Sampler>,
 }
 
 impl Probes {
@@ -107,6 +112,10 @@ impl Probes {
 
     /// Gauges read at scrape time: pool usage and the outbox backlog.
     async fn sample(&self) {
+        self.health.sample();
+        for sampler in &self.samplers {
+            sampler().await;
+        }
         let size = self.pool.size() as f64;
         let idle = self.pool.num_idle() as f64;
         metrics::gauge!("db_pool_connections", "state" => "idle").set(idle);

@@ -109,6 +109,16 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        // How far this member is behind each of its partitions (librdkafka: -1 until known).
+        for topic in statistics.topics.values() {
+            for p in topic.partitions.values() {
+                if p.partition >= 0 && p.desired && p.consumer_lag >= 0 {
+                    metrics::gauge!("kafka_consumer_lag", "topic" => topic.topic.clone(),
+                        "partition" => p.partition.to_string())
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
         match statistics.cgrp {
             Some(group) if group.state == "up" => self.health.ok(),
             Some(group) => self

@@ -7,10 +7,12 @@
 //! - [`db`]: PostgreSQL settings and pool construction; [`config`]: settings loading.
 //! - [`http`]: the metrics/health HTTP port every service serves (plain or TLS, see [`tls`]);
 //!   [`health`]: the background loops' reports behind `/readyz`.
-//! - [`shutdown`], [`telemetry`], [`trace`]: signals; logs, spans and OTLP export; trace-context
-//!   propagation through gRPC, outbox rows and Kafka headers.
+//! - [`shutdown`], [`telemetry`], [`trace`]: signals and draining; logs, spans and OTLP export;
+//!   trace-context propagation through gRPC, outbox rows and Kafka headers.
+//! - [`backoff`]: the doubling wait of every retrying loop.
 //! - `testing` (feature `test-util`): throwaway databases and topic readers for integration tests.
 
+pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod db;

@@ -33,6 +33,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::health::Check;
 use crate::kafka::Producer;
 
@@ -51,6 +52,15 @@ pub struct OutboxMessage {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
+}
+
+impl OutboxMessage {
+    /// The message, carrying the trace context `context` (unless it carries one already): for
+    /// messages written in a batch whose work ran under different spans.
+    pub fn in_trace(mut self, context: &BTreeMap<String, String>) -> Self {
+        crate::trace::stamp(&mut self.headers, context);
+        self
+    }
 }
 
 /// The lane of a key: a stable FNV-1a hash, so every process agrees without coordination.
@@ -78,9 +88,7 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
         .iter()
         .map(|m| {
             let mut h = m.headers.clone();
-            for (k, v) in &context {
-                h.entry(k.clone()).or_insert_with(|| v.clone());
-            }
+            crate::trace::stamp(&mut h, &context);
             serde_json::to_value(&h).unwrap_or_default()
         })
         .collect();
@@ -329,8 +337,133 @@ impl Vacuum {
 /// How long acknowledgements may stop before the relay checks that its topics still exist.
 const STALLED: Duration = Duration::from_secs(3);
 
-/// A row handed to the producer: resolves to (row id, insert time, acknowledged?).
-type Delivery = Pin<Box<dyn Future<Output = (i64, DateTime<Utc>, bool)> + Send + Sync>>;
+/// What became of one row handed to the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delivered {
+    id: i64,
+    created_at: DateTime<Utc>,
+    /// The broker acknowledged it.
+    ok: bool,
+}
+
+/// A row handed to the producer; resolves when the broker answered (or the producer gave up).
+type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send + Sync>>;
+
+/// The relay's bookkeeping between database round trips, without any I/O: which rows are with
+/// the producer and not yet deleted, which were acknowledged and wait for their `DELETE`, whether
+/// committed rows may be waiting, and the pause after a failed delivery. [`Relay::run`] drives it
+/// in a loop and [`Relay::relay_once`] for one batch; the unit tests below drive it directly.
+#[derive(Debug)]
+struct Pipeline {
+    batch: i64,
+    max_in_flight: usize,
+    /// Rows handed to the producer and not yet deleted (acknowledged or not).
+    unfinished: HashSet<i64>,
+    /// Acknowledged rows waiting for their `DELETE`.
+    acked: Vec<i64>,
+    /// Committed rows may be waiting (notified, polled, or the last read was full).
+    more: bool,
+    /// After a failed delivery, no reading until then (later rows of a lane must not overtake it
+    /// by much, and a broker that refuses should not be hammered).
+    paused_until: Option<Instant>,
+    backoff: Backoff,
+    /// Topics published to: checked when acknowledgements stop coming.
+    topics: BTreeSet<String>,
+}
+
+/// What [`Pipeline::settle`] made of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Acknowledged,
+    /// The row will be read and sent again once the pause is over.
+    Failed {
+        retry_in: Duration,
+    },
+}
+
+impl Pipeline {
+    fn new(settings: &RelaySettings) -> Self {
+        Self {
+            batch: settings.batch_size.max(1),
+            max_in_flight: settings.max_in_flight.max(1),
+            unfinished: HashSet::new(),
+            acked: Vec::new(),
+            more: true,
+            paused_until: None,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            topics: BTreeSet::new(),
+        }
+    }
+
+    fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|t| now < t)
+    }
+
+    /// How many rows to read now, if the relay should read at all: rows may be waiting, no pause
+    /// is running, and fewer than `max_in_flight` rows are with the producer.
+    fn read_limit(&self, now: Instant) -> Option<i64> {
+        let room = self.max_in_flight.saturating_sub(self.unfinished.len());
+        (self.more && !self.paused(now) && room > 0).then(|| self.batch.min(room as i64))
+    }
+
+    /// `rows` were read (asking for `limit`) and handed to the producer.
+    fn sent(&mut self, rows: &[Row], limit: i64) {
+        self.more = rows.len() as i64 == limit;
+        for row in rows {
+            self.unfinished.insert(row.id);
+            if !self.topics.contains(&row.topic) {
+                self.topics.insert(row.topic.clone());
+            }
+        }
+    }
+
+    /// Books a delivery's outcome: an acknowledged row waits for its delete; a failed one is
+    /// forgotten (so it is read again) after a pause that doubles with each failure in a row.
+    fn settle(&mut self, d: Delivered, now: Instant) -> Settled {
+        if d.ok {
+            self.acked.push(d.id);
+            self.backoff.reset();
+            Settled::Acknowledged
+        } else {
+            self.unfinished.remove(&d.id);
+            let retry_in = self.backoff.next_wait();
+            self.paused_until = Some(now + retry_in);
+            self.more = true;
+            Settled::Failed { retry_in }
+        }
+    }
+
+    /// The acknowledged rows to delete now.
+    fn take_acked(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.acked)
+    }
+
+    /// `ids` were deleted: they are finished.
+    fn deleted(&mut self, ids: &[i64]) {
+        for id in ids {
+            self.unfinished.remove(id);
+        }
+    }
+
+    /// Notified or polled: committed rows may be waiting.
+    fn wake(&mut self) {
+        self.more = true;
+    }
+
+    /// The database session (and with it the lanes) was lost: whoever holds a lane next reads its
+    /// rows again, so forget what was in flight here (a duplicate at worst).
+    fn reset(&mut self) {
+        self.unfinished.clear();
+        self.acked.clear();
+        self.more = true;
+    }
+
+    /// How long to wait for an acknowledgement or a notification before looking anyway.
+    fn wait(&self, poll: Duration, now: Instant) -> Duration {
+        self.paused_until
+            .map_or(poll, |t| t.saturating_duration_since(now).min(poll))
+    }
+}
 
 impl Relay {
     pub fn new(pool: PgPool, producer: Producer, settings: RelaySettings) -> Self {
@@ -353,27 +486,29 @@ impl Relay {
     /// time). The unpipelined form of [`Relay::run`], for tests and tools.
     #[tracing::instrument(name = "outbox.relay_once", skip_all, fields(published, failed))]
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
+        let mut pipeline = Pipeline::new(&self.settings);
         let mut session = Session::open(&self.pool).await?;
         session.claim().await?;
-        let rows = session.read(&HashSet::new(), self.settings.batch_size).await?;
-        let mut report = BatchReport {
-            read: rows.len(),
-            ..BatchReport::default()
-        };
-        let mut pending = FuturesUnordered::new();
-        for row in &rows {
-            pending.push(self.publish(row).await);
-        }
-        let mut done = Vec::with_capacity(rows.len());
-        while let Some((id, created_at, ok)) = pending.next().await {
-            if ok {
-                done.push(id);
-                let lag = acknowledged(created_at);
-                report.max_lag = Some(report.max_lag.map_or(lag, |m| m.max(lag)));
-            } else {
-                report.failed += 1;
+        let mut report = BatchReport::default();
+        if let Some(limit) = pipeline.read_limit(Instant::now()) {
+            let rows = session.read(&pipeline.unfinished, limit).await?;
+            report.read = rows.len();
+            let mut pending = FuturesUnordered::new();
+            for row in &rows {
+                pending.push(self.publish(row).await);
+            }
+            pipeline.sent(&rows, limit);
+            while let Some(d) = pending.next().await {
+                match self.settle(&mut pipeline, d) {
+                    Settled::Acknowledged => {
+                        let lag = lag_of(d.created_at);
+                        report.max_lag = Some(report.max_lag.map_or(lag, |m| m.max(lag)));
+                    }
+                    Settled::Failed { .. } => report.failed += 1,
+                }
             }
         }
+        let done = pipeline.take_acked();
         session.delete(&done).await?;
         report.published = done.len();
         let _ = session.conn.close().await;
@@ -421,13 +556,17 @@ impl Relay {
                         false
                     }
                 };
-                (id, created_at, ok)
+                Delivered { id, created_at, ok }
             }),
             Err(e) => {
                 tracing::debug!(parent: &span, error = %e, "could not hand an outbox row to the producer");
                 Box::pin(async move {
                     failed(e).await;
-                    (id, created_at, false)
+                    Delivered {
+                        id,
+                        created_at,
+                        ok: false,
+                    }
                 })
             }
         }
@@ -469,96 +608,51 @@ impl Relay {
 
     /// Publishes until `shutdown`, pipelined: reads and hands rows to the producer whenever
     /// notified (and at least every poll interval) without waiting for earlier acknowledgements,
-    /// deletes acknowledged rows in batches, and re-reads rows whose delivery failed after a
-    /// backoff. At most `max_in_flight` rows are unacknowledged at once.
+    /// deletes acknowledged rows in batches, and reads rows whose delivery failed again after a
+    /// pause. At most `max_in_flight` rows are unacknowledged at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(1));
-        let batch = self.settings.batch_size.max(1);
-        let max_in_flight = self.settings.max_in_flight.max(1);
+        let mut pipeline = Pipeline::new(&self.settings);
         let mut listener = self.listen().await;
         let mut session: Option<Session> = None;
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
-        // Rows handed to the producer and not yet deleted (acknowledged or not).
-        let mut unfinished: HashSet<i64> = HashSet::new();
-        let mut acked: Vec<i64> = Vec::new();
         let mut last_claim: Option<Instant> = None;
-        let mut paused_until: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(100);
-        let mut more = true; // there may be rows to read now
+        let mut reconnect = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut vacuum = Vacuum::default();
-        // Topics this relay has published to: checked when acknowledgements stop coming.
-        let mut topics: BTreeSet<String> = BTreeSet::new();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let result: sqlx::Result<()> = async {
-                let s = match session.as_mut() {
-                    Some(s) => s,
-                    None => session.insert(Session::open(&self.pool).await?),
-                };
-                if last_claim.is_none_or(|t| t.elapsed() >= poll) {
-                    s.claim().await?;
-                    last_claim = Some(Instant::now());
-                }
-                if !acked.is_empty() {
-                    s.delete(&acked).await?;
-                    vacuum.deleted(acked.len(), &self.pool);
-                    for id in acked.drain(..) {
-                        unfinished.remove(&id);
+            match self
+                .step(
+                    &mut session,
+                    &mut pipeline,
+                    &mut in_flight,
+                    &mut last_claim,
+                    &mut vacuum,
+                    poll,
+                )
+                .await
+            {
+                Ok(()) => reconnect.reset(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay database error; reconnecting");
+                    session = None;
+                    pipeline.reset();
+                    in_flight.clear();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(reconnect.next_wait()) => {}
                     }
+                    continue;
                 }
-                let paused = paused_until.is_some_and(|t| Instant::now() < t);
-                if more && !paused && unfinished.len() < max_in_flight {
-                    let limit = batch.min((max_in_flight - unfinished.len()) as i64);
-                    let rows = s.read(&unfinished, limit).await?;
-                    more = rows.len() as i64 == limit;
-                    for row in &rows {
-                        unfinished.insert(row.id);
-                        if !topics.contains(&row.topic) {
-                            topics.insert(row.topic.clone());
-                        }
-                        in_flight.push(self.publish(row).await);
-                    }
-                }
-                if !in_flight.is_empty() {
-                    // Failing since the last acknowledgement, if the broker stops answering.
-                    self.health
-                        .failing("rows handed to the producer are not acknowledged");
-                    if self.health.failing_for().is_some_and(|d| d >= STALLED) {
-                        // A topic deleted (or lost with the broker's log) fails deliveries only
-                        // after librdkafka's metadata timeout; look for it sooner.
-                        let producer = self.producer.clone();
-                        let topics = topics.clone();
-                        tokio::spawn(async move { producer.ensure(topics.iter().map(String::as_str)).await });
-                    }
-                }
-                Ok(())
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "outbox relay database error; reconnecting");
-                // Lanes go with the session; rows in flight are re-read by whoever holds the lane
-                // next (a duplicate at worst), so forget them here.
-                session = None;
-                unfinished.clear();
-                acked.clear();
-                in_flight.clear();
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                more = true;
-                continue;
             }
 
             // Wait for something to do: an acknowledgement, a notification, the poll interval.
-            let paused = paused_until.is_some_and(|t| Instant::now() < t);
-            if more && !paused && unfinished.len() < max_in_flight {
+            if pipeline.read_limit(Instant::now()).is_some() {
                 // Still rows to read: only collect the acknowledgements already in.
-                while let Some(Some(done)) = in_flight.next().now_or_never() {
-                    self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
+                while let Some(Some(d)) = in_flight.next().now_or_never() {
+                    self.settle(&mut pipeline, d);
                 }
                 continue;
             }
@@ -571,23 +665,23 @@ impl Relay {
                     None => std::future::pending().await,
                 }
             };
-            let wait = paused_until.map_or(poll, |t| t.saturating_duration_since(Instant::now()).min(poll));
+            let wait = pipeline.wait(poll, Instant::now());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
-                    while let Some(Some(done)) = in_flight.next().now_or_never() {
-                        self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
+                Some(d) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.settle(&mut pipeline, d);
+                    while let Some(Some(d)) = in_flight.next().now_or_never() {
+                        self.settle(&mut pipeline, d);
                     }
                 }
                 _ = notified => {
-                    more = true;
+                    pipeline.wake();
                     // One read serves every notification already buffered.
                     if let Some(l) = listener.as_mut() {
                         while l.next_buffered().is_some() {}
                     }
                 }
-                _ = tokio::time::sleep(wait) => more = true,
+                _ = tokio::time::sleep(wait) => pipeline.wake(),
             }
         }
         // Give in-flight deliveries a moment (less if acknowledgements had stopped coming); rows
@@ -599,11 +693,11 @@ impl Relay {
         };
         let producer = self.producer.get();
         let _ = tokio::task::spawn_blocking(move || producer.flush(wait)).await;
-        while let Some(Some(done)) = in_flight.next().now_or_never() {
-            self.settle(done, &mut acked, &mut unfinished, &mut paused_until, &mut backoff);
+        while let Some(Some(d)) = in_flight.next().now_or_never() {
+            self.settle(&mut pipeline, d);
         }
         if let Some(mut s) = session {
-            if let Err(e) = s.delete(&acked).await {
+            if let Err(e) = s.delete(&pipeline.take_acked()).await {
                 tracing::warn!(error = %e, "could not delete acknowledged outbox rows; they will be published again");
             }
             let _ = s.conn.close().await;
@@ -611,34 +705,73 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Books one delivery's outcome.
-    fn settle(
+    /// One round trip of [`Relay::run`]: (re)open the session, take free lanes every poll
+    /// interval, delete what was acknowledged, read and hand over what may be waiting.
+    async fn step(
         &self,
-        (id, created_at, ok): (i64, DateTime<Utc>, bool),
-        acked: &mut Vec<i64>,
-        unfinished: &mut HashSet<i64>,
-        paused_until: &mut Option<Instant>,
-        backoff: &mut Duration,
-    ) {
-        if ok {
-            acked.push(id);
-            acknowledged(created_at);
-            metrics::counter!("outbox_published_total").increment(1);
-            *backoff = Duration::from_millis(100);
-            self.health.ok();
-        } else {
-            // Read again after a pause; later rows of the same lane may already be out.
-            unfinished.remove(&id);
-            metrics::counter!("outbox_publish_failures_total").increment(1);
-            // Logged by the health check when it lasts, not once per row.
-            tracing::debug!(
-                row = id,
-                retry_in_ms = backoff.as_millis() as u64,
-                "broker did not acknowledge an outbox row; it will be published again"
-            );
-            *paused_until = Some(Instant::now() + *backoff);
-            *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        session: &mut Option<Session>,
+        pipeline: &mut Pipeline,
+        in_flight: &mut FuturesUnordered<Delivery>,
+        last_claim: &mut Option<Instant>,
+        vacuum: &mut Vacuum,
+        poll: Duration,
+    ) -> sqlx::Result<()> {
+        let s = match session {
+            Some(s) => s,
+            None => session.insert(Session::open(&self.pool).await?),
+        };
+        if last_claim.is_none_or(|t| t.elapsed() >= poll) {
+            s.claim().await?;
+            *last_claim = Some(Instant::now());
         }
+        let done = pipeline.take_acked();
+        if !done.is_empty() {
+            s.delete(&done).await?;
+            vacuum.deleted(done.len(), &self.pool);
+            pipeline.deleted(&done);
+        }
+        if let Some(limit) = pipeline.read_limit(Instant::now()) {
+            let rows = s.read(&pipeline.unfinished, limit).await?;
+            for row in &rows {
+                in_flight.push(self.publish(row).await);
+            }
+            pipeline.sent(&rows, limit);
+        }
+        if !in_flight.is_empty() {
+            // Failing since the last acknowledgement, if the broker stops answering.
+            self.health
+                .failing("rows handed to the producer are not acknowledged");
+            if self.health.failing_for().is_some_and(|d| d >= STALLED) {
+                // A topic deleted (or lost with the broker's log) fails deliveries only after
+                // librdkafka's metadata timeout; look for it sooner.
+                let producer = self.producer.clone();
+                let topics = pipeline.topics.clone();
+                tokio::spawn(async move { producer.ensure(topics.iter().map(String::as_str)).await });
+            }
+        }
+        Ok(())
+    }
+
+    /// Books one delivery in the pipeline, with its metrics and health.
+    fn settle(&self, pipeline: &mut Pipeline, d: Delivered) -> Settled {
+        let settled = pipeline.settle(d, Instant::now());
+        match settled {
+            Settled::Acknowledged => {
+                lag_of(d.created_at);
+                metrics::counter!("outbox_published_total").increment(1);
+                self.health.ok();
+            }
+            Settled::Failed { retry_in } => {
+                metrics::counter!("outbox_publish_failures_total").increment(1);
+                // Logged by the health check when it lasts, not once per row.
+                tracing::debug!(
+                    row = d.id,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "broker did not acknowledge an outbox row; it will be published again"
+                );
+            }
+        }
+        settled
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -660,7 +793,7 @@ impl Relay {
 }
 
 /// Records the publish lag of an acknowledged row (insert to acknowledgement) and returns it.
-fn acknowledged(created_at: DateTime<Utc>) -> Duration {
+fn lag_of(created_at: DateTime<Utc>) -> Duration {
     let lag = (Utc::now() - created_at).to_std().unwrap_or_default();
     metrics::histogram!("outbox_publish_lag_seconds").record(lag.as_secs_f64());
     lag
@@ -681,5 +814,133 @@ mod tests {
             .collect();
         assert_eq!(used.len(), LANES as usize, "uuids spread over every lane");
         assert!(used.iter().all(|l| (0..LANES).contains(l)));
+    }
+
+    fn row(id: i64, topic: &str) -> Row {
+        Row {
+            id,
+            topic: topic.into(),
+            key: "k".into(),
+            payload: vec![],
+            headers: sqlx::types::Json(BTreeMap::new()),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn delivered(id: i64, ok: bool) -> Delivered {
+        Delivered {
+            id,
+            created_at: Utc::now(),
+            ok,
+        }
+    }
+
+    fn pipeline(batch: i64, max_in_flight: usize) -> Pipeline {
+        Pipeline::new(&RelaySettings {
+            batch_size: batch,
+            max_in_flight,
+            ..RelaySettings::default()
+        })
+    }
+
+    #[test]
+    fn the_pipeline_reads_while_rows_may_wait_and_room_is_left() {
+        let now = Instant::now();
+        let mut p = pipeline(3, 5);
+        assert_eq!(p.read_limit(now), Some(3), "at first, a full batch");
+        p.sent(&[row(1, "a"), row(2, "a"), row(3, "b")], 3);
+        assert_eq!(
+            p.read_limit(now),
+            Some(2),
+            "a full read: more may wait, 2 places left"
+        );
+        p.sent(&[row(4, "a")], 2);
+        assert_eq!(
+            p.read_limit(now),
+            None,
+            "a short read: nothing waits until notified"
+        );
+        p.wake();
+        assert_eq!(p.read_limit(now), Some(1));
+        assert_eq!(
+            p.topics.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        p.sent(&[row(5, "a")], 1);
+        assert_eq!(
+            p.read_limit(now),
+            None,
+            "max_in_flight rows are with the producer"
+        );
+    }
+
+    #[test]
+    fn acknowledged_rows_wait_for_their_delete_and_then_free_their_place() {
+        let now = Instant::now();
+        let mut p = pipeline(10, 2);
+        p.sent(&[row(1, "a"), row(2, "a")], 2);
+        assert_eq!(p.settle(delivered(2, true), now), Settled::Acknowledged);
+        assert_eq!(
+            p.read_limit(now),
+            None,
+            "acknowledged but not deleted: still in flight"
+        );
+        let done = p.take_acked();
+        assert_eq!(done, [2]);
+        assert!(p.take_acked().is_empty());
+        p.deleted(&done);
+        assert_eq!(p.read_limit(now), Some(1));
+        assert!(p.unfinished.contains(&1) && !p.unfinished.contains(&2));
+    }
+
+    #[test]
+    fn a_failed_delivery_is_read_again_after_a_pause_that_grows_until_a_success() {
+        let now = Instant::now();
+        let mut p = pipeline(10, 10);
+        p.sent(&[row(1, "a"), row(2, "a"), row(3, "a")], 10);
+        let first = p.settle(delivered(1, false), now);
+        assert_eq!(
+            first,
+            Settled::Failed {
+                retry_in: Duration::from_millis(100)
+            }
+        );
+        assert!(
+            !p.unfinished.contains(&1),
+            "forgotten, so the next read returns it"
+        );
+        assert_eq!(p.read_limit(now), None, "paused");
+        assert_eq!(p.wait(Duration::from_secs(1), now), Duration::from_millis(100));
+        assert!(
+            p.read_limit(now + Duration::from_millis(100)).is_some(),
+            "read again after the pause"
+        );
+        assert_eq!(
+            p.settle(delivered(2, false), now),
+            Settled::Failed {
+                retry_in: Duration::from_millis(200)
+            },
+            "failures in a row pause longer"
+        );
+        assert_eq!(p.settle(delivered(3, true), now), Settled::Acknowledged);
+        p.sent(&[row(4, "a")], 10);
+        assert_eq!(
+            p.settle(delivered(4, false), now),
+            Settled::Failed {
+                retry_in: Duration::from_millis(100)
+            },
+            "a success starts the pauses over"
+        );
+    }
+
+    #[test]
+    fn a_lost_session_forgets_what_was_in_flight() {
+        let now = Instant::now();
+        let mut p = pipeline(2, 2);
+        p.sent(&[row(1, "a"), row(2, "a")], 2);
+        p.settle(delivered(1, true), now);
+        p.reset();
+        assert!(p.unfinished.is_empty() && p.take_acked().is_empty());
+        assert_eq!(p.read_limit(now), Some(2));
     }
 }

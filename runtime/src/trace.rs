@@ -58,6 +58,13 @@ pub fn current_headers() -> BTreeMap<String, String> {
     h
 }
 
+/// Adds the trace context `context` to a message's `headers`, unless they carry one already.
+pub fn stamp(headers: &mut BTreeMap<String, String>, context: &BTreeMap<String, String>) {
+    for (k, v) in context {
+        headers.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
 /// Makes the context found in `headers` (if any) the parent of `span`.
 pub fn continue_from(span: &tracing::Span, headers: &BTreeMap<String, String>) {
     if headers.contains_key("traceparent") {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use saga_runtime::consumer::{self, DeadLetters, Handler, Incoming, Transient, Verdicts};
+use saga_runtime::consumer::{self, DeadLetters, Handler, Incoming, Transient, Verdict, Verdicts};
 use saga_runtime::outbox::{self, OutboxMessage, Relay, RelaySettings};
 use saga_runtime::testing::{TopicReader, fresh_database, kafka_settings};
 use sqlx::PgPool;
@@ -246,10 +246,10 @@ impl Handler for Recorder {
             .map(|m| {
                 let body = String::from_utf8_lossy(m.payload.unwrap_or_default()).into_owned();
                 if body == "poison" {
-                    return Err("cannot decode".to_owned());
+                    return Verdict::Poison("cannot decode".to_owned());
                 }
                 let _ = self.done.send(body);
-                Ok(())
+                Verdict::Done
             })
             .collect())
     }

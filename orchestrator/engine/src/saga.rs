@@ -56,28 +56,9 @@ impl FromStr for SagaId {
     }
 }
 
-/// Whether a command drives a step forward or undoes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Action,
-    Compensation,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Action => "action",
-            Phase::Compensation => "compensation",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Whether a command drives a step forward or undoes it: the wire protocol's own type, so the
+/// engine, its store, the envelopes and the participants name phases one way.
+pub use saga_proto::Phase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,12 +5,12 @@
 //! Layout:
 //! - [`startup`]: `Application::build(settings)` → `run_until_stopped(shutdown)`.
 //! - [`api`]: the `saga.v1.SagaOrchestrator` gRPC service.
-//! - [`coordinator`]: load → `decide` → persist, shared by every entry point.
+//! - [`coordinator`]: load → `decide` → commit, one file per entry point (start, replies,
+//!   operator actions, timers) and the saga metrics.
 //! - [`store`]: saga rows, history, optimistic concurrency.
 //! - [`wire`]: engine commands ↔ Kafka envelopes.
 //! - [`auth`]: operator and reader credentials.
 //! - [`dashboard`]: the saga status dashboard (page and JSON API) on the HTTP port.
-//! - [`replies`], [`timers`]: the reply consumer's handler and the timer loop.
 //! - [`watch`]: live saga changes (LISTEN/NOTIFY) for the Watch streams.
 //! - [`catalog`], [`settings`], [`clock`]: definitions, configuration, time.
 
@@ -20,10 +20,8 @@ pub mod catalog;
 pub mod clock;
 pub mod coordinator;
 pub mod dashboard;
-pub mod replies;
 pub mod settings;
 pub mod startup;
 pub mod store;
-pub mod timers;
 pub mod watch;
 pub mod wire;

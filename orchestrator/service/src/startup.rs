@@ -25,11 +25,10 @@ use crate::api::SagaApi;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
-use crate::coordinator::Coordinator;
+use crate::coordinator::replies::ReplyHandler;
+use crate::coordinator::{Coordinator, StartWriter, timers};
 use crate::dashboard::{self, Dashboard};
-use crate::replies::ReplyHandler;
 use crate::settings::Settings;
-use crate::timers;
 use crate::watch::Changes;
 use crate::wire::Routing;
 
@@ -75,6 +74,7 @@ pub struct Application {
     http: http::HttpListener,
     pool: PgPool,
     coordinator: Arc<Coordinator>,
+    starts: StartWriter,
     replies: Option<Subscription>,
     health: Health,
 }
@@ -121,13 +121,14 @@ impl Application {
             topic_prefix: kafka.topic_prefix.clone(),
             reply_topic: kafka.topic(&settings.replies.topic),
         };
-        let coordinator = Arc::new(Coordinator::new(
+        let (coordinator, starts) = Coordinator::new(
             pool.clone(),
             Arc::new(catalog),
             routing,
             clock,
             settings.grpc.max_payload_bytes,
-        ));
+        );
+        let coordinator = Arc::new(coordinator);
         let health = Health::new(Duration::from_millis(kafka.unready_after_ms));
         let replies = if settings.replies.enabled {
             Some(kafka.subscribe(
@@ -152,6 +153,7 @@ impl Application {
             http,
             pool,
             coordinator,
+            starts,
             replies,
             health,
         })
@@ -195,6 +197,7 @@ impl Application {
             http,
             pool,
             coordinator,
+            starts,
             replies,
             health,
         } = self;
@@ -206,6 +209,7 @@ impl Application {
         // One producer for the process (relay, dead letters, readiness), as Kafka recommends.
         let producer = kafka.producer()?;
         let mut tasks = JoinSet::new();
+        tasks.spawn(starts.run(coordinator.clone(), shutdown.clone()));
         if settings.relay.enabled {
             let relay = Relay::new(pool.clone(), producer.clone(), settings.relay.clone())
                 .reporting_to(health.check("outbox relay"));
@@ -226,10 +230,14 @@ impl Application {
 
         let changes = Changes::new();
         tasks.spawn(changes.clone().run(pool.clone(), shutdown.clone()));
+        let sagas = pool.clone();
         let probes = http::Probes {
             pool: pool.clone(),
             producer,
             health,
+            samplers: vec![Arc::new(move || {
+                Box::pin(crate::store::sample_gauges(sagas.clone()))
+            })],
         };
         let board = dashboard::router(Dashboard {
             coordinator: coordinator.clone(),
@@ -262,13 +270,7 @@ impl Application {
             )
             .await;
         shutdown.cancel();
-        let drained = tokio::time::timeout(Duration::from_secs(15), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("background loops did not stop within 15 s");
-        }
+        saga_runtime::shutdown::drain(tasks, Duration::from_secs(15)).await;
         pool.close().await;
         served.context("gRPC server failed")
     }

@@ -2,13 +2,15 @@
 //!
 //! A saga is one row: state columns for queries plus the engine's step records as JSONB, and a
 //! `version` for optimistic concurrency: every update names the version it read and fails with
-//! [`StoreError::Conflict`] if someone else wrote in between. Writes take the caller's transaction,
-//! so the saga row, its history events and its outbox rows commit together or not at all.
+//! [`StoreError::Conflict`] if someone else wrote in between. Decisions become rows in one way,
+//! [`commit`], inside the caller's transaction, so a saga's row, its history events and its
+//! outbox rows commit together or not at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use saga_engine::{Event, Saga, SagaId, SagaState, StepRecord};
+use saga_runtime::outbox::{self, OutboxMessage};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 use sqlx::{PgConnection, QueryBuilder};
@@ -18,9 +20,9 @@ use uuid::Uuid;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// A database error shared by every request of a group write.
-    #[error("database error: {0}")]
-    Shared(std::sync::Arc<sqlx::Error>),
+    /// One error shared by every request of a group write (StartSaga's group commit).
+    #[error("{0}")]
+    Shared(std::sync::Arc<StoreError>),
     #[error("saga {0} was changed concurrently")]
     Conflict(SagaId),
     #[error("the idempotency key is already taken")]
@@ -85,36 +87,96 @@ impl TryFrom<SagaRow> for StoredSaga {
     }
 }
 
-/// What a new saga row needs besides the saga itself.
-#[derive(Debug, Clone, Copy)]
-pub struct NewSaga<'a> {
+/// One saga's share of a batch of decisions: its row (inserted, updated from the version it was
+/// read at, or left as it is), the history events the decisions recorded and the outbox rows of
+/// the commands they issued (each already carrying the trace context it continues).
+#[derive(Debug, Clone)]
+pub struct SagaWrite<'a> {
     pub saga: &'a Saga,
-    pub idempotency_key: Option<&'a str>,
-    pub request_hash: Option<&'a [u8]>,
-    pub current_step: Option<&'a str>,
-    pub trace_context: &'a BTreeMap<String, String>,
+    pub row: RowWrite<'a>,
+    /// The name of the step the saga is at (for queries), if any.
+    pub current_step: Option<String>,
+    pub events: Vec<NewEvent<'a>>,
+    pub messages: Vec<OutboxMessage>,
 }
 
-/// Inserts new sagas at version 1 (one statement for all). Returns, per saga, whether it was
-/// inserted: `false` means its idempotency key was taken (by an earlier saga, or by one earlier in
-/// the same list).
-pub async fn insert_many(conn: &mut PgConnection, new: &[NewSaga<'_>]) -> Result<Vec<bool>, StoreError> {
+/// What happens to a saga row.
+#[derive(Debug, Clone, Copy)]
+pub enum RowWrite<'a> {
+    /// A new saga, at version 1, unless its idempotency key is taken.
+    Insert {
+        idempotency_key: Option<&'a str>,
+        request_hash: Option<&'a [u8]>,
+        /// W3C trace context of the request that started it.
+        trace_context: &'a BTreeMap<String, String>,
+    },
+    /// A changed saga, written only if its version is still the one it was read at.
+    Update { expected_version: i64 },
+    /// The decisions only recorded history (an ignored reply, a wake with nothing due).
+    Unchanged,
+}
+
+/// A history event of a [`SagaWrite`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub at: DateTime<Utc>,
+    pub actor: &'a str,
+    pub event: &'a Event,
+}
+
+/// Commits a batch of decisions in the caller's transaction — the one way decisions become rows,
+/// for new sagas, replies, operator actions and timers alike: one `INSERT` of new sagas, one
+/// `UPDATE` of changed ones, one `INSERT` of history and one of outbox rows, whatever the batch's
+/// size. Returns, per write, whether it was written: `false` only for a new saga whose
+/// idempotency key was taken (by an earlier saga, or one earlier in the batch), whose events and
+/// messages are then left out too. A changed saga whose version moved fails the whole batch with
+/// [`StoreError::Conflict`]: the caller re-reads and decides again.
+pub async fn commit(conn: &mut PgConnection, writes: &[SagaWrite<'_>]) -> Result<Vec<bool>, StoreError> {
+    let new: Vec<&SagaWrite<'_>> = writes
+        .iter()
+        .filter(|w| matches!(w.row, RowWrite::Insert { .. }))
+        .collect();
+    let inserted = insert_many(&mut *conn, &new).await?;
+    update_many(&mut *conn, writes).await?;
+    let written: Vec<bool> = writes
+        .iter()
+        .map(|w| !matches!(w.row, RowWrite::Insert { .. }) || inserted.contains(&w.saga.id.as_uuid()))
+        .collect();
+    let kept = || writes.iter().zip(&written).filter(|(_, ok)| **ok).map(|(w, _)| w);
+    append_many(&mut *conn, kept()).await?;
+    let messages: Vec<OutboxMessage> = kept().flat_map(|w| w.messages.iter().cloned()).collect();
+    outbox::enqueue(&mut *conn, &messages).await?;
+    Ok(written)
+}
+
+/// Inserts new sagas at version 1 (one statement for all); returns the ids inserted.
+async fn insert_many(conn: &mut PgConnection, new: &[&SagaWrite<'_>]) -> Result<HashSet<Uuid>, StoreError> {
     if new.is_empty() {
-        return Ok(Vec::new());
+        return Ok(HashSet::new());
     }
-    let ids: Vec<Uuid> = new.iter().map(|n| n.saga.id.as_uuid()).collect();
-    let types: Vec<&str> = new.iter().map(|n| n.saga.saga_type.as_str()).collect();
-    let versions: Vec<i32> = new.iter().map(|n| n.saga.definition_version as i32).collect();
-    let states: Vec<&str> = new.iter().map(|n| n.saga.state.as_str()).collect();
-    let keys: Vec<Option<&str>> = new.iter().map(|n| n.idempotency_key).collect();
-    let hashes: Vec<Option<&[u8]>> = new.iter().map(|n| n.request_hash).collect();
-    let contexts: Vec<Json<&Map<String, Value>>> = new.iter().map(|n| Json(&n.saga.context)).collect();
-    let steps: Vec<Json<&Vec<StepRecord>>> = new.iter().map(|n| Json(&n.saga.steps)).collect();
-    let current: Vec<Option<&str>> = new.iter().map(|n| n.current_step).collect();
-    let reasons: Vec<Option<&str>> = new.iter().map(|n| n.saga.failure_reason.as_deref()).collect();
-    let wakes: Vec<Option<DateTime<Utc>>> = new.iter().map(|n| n.saga.wake_at()).collect();
-    let created: Vec<DateTime<Utc>> = new.iter().map(|n| n.saga.created_at).collect();
-    let traces: Vec<Json<&BTreeMap<String, String>>> = new.iter().map(|n| Json(n.trace_context)).collect();
+    let (mut keys, mut hashes, mut traces) = (vec![], vec![], vec![]);
+    for w in new {
+        if let RowWrite::Insert {
+            idempotency_key,
+            request_hash,
+            trace_context,
+        } = w.row
+        {
+            keys.push(idempotency_key);
+            hashes.push(request_hash);
+            traces.push(Json(trace_context));
+        }
+    }
+    let ids: Vec<Uuid> = new.iter().map(|w| w.saga.id.as_uuid()).collect();
+    let types: Vec<&str> = new.iter().map(|w| w.saga.saga_type.as_str()).collect();
+    let versions: Vec<i32> = new.iter().map(|w| w.saga.definition_version as i32).collect();
+    let states: Vec<&str> = new.iter().map(|w| w.saga.state.as_str()).collect();
+    let contexts: Vec<Json<&Map<String, Value>>> = new.iter().map(|w| Json(&w.saga.context)).collect();
+    let steps: Vec<Json<&Vec<StepRecord>>> = new.iter().map(|w| Json(&w.saga.steps)).collect();
+    let current: Vec<Option<&str>> = new.iter().map(|w| w.current_step.as_deref()).collect();
+    let reasons: Vec<Option<&str>> = new.iter().map(|w| w.saga.failure_reason.as_deref()).collect();
+    let wakes: Vec<Option<DateTime<Utc>>> = new.iter().map(|w| w.saga.wake_at()).collect();
+    let created: Vec<DateTime<Utc>> = new.iter().map(|w| w.saga.created_at).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO sagas (id, saga_type, definition_version, state, version, idempotency_key, request_hash, \
          context, steps, current_step, failure_reason, wake_at, created_at, updated_at, trace_context) \
@@ -142,51 +204,35 @@ pub async fn insert_many(conn: &mut PgConnection, new: &[NewSaga<'_>]) -> Result
     .bind(traces)
     .fetch_all(conn)
     .await?;
-    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-    Ok(ids.iter().map(|id| inserted.contains(id)).collect())
+    Ok(inserted.into_iter().collect())
 }
 
-/// Writes the saga if its version is still `expected_version`; returns the new version.
-pub async fn update(
-    conn: &mut PgConnection,
-    saga: &Saga,
-    expected_version: i64,
-    current_step: Option<&str>,
-) -> Result<i64, StoreError> {
-    let new_version: Option<i64> = sqlx::query_scalar(
-        "UPDATE sagas SET state = $3, version = version + 1, context = $4, steps = $5, current_step = $6, \
-         failure_reason = $7, wake_at = $8, updated_at = $9 \
-         WHERE id = $1 AND version = $2 RETURNING version",
-    )
-    .bind(saga.id.as_uuid())
-    .bind(expected_version)
-    .bind(saga.state.as_str())
-    .bind(Json(&saga.context))
-    .bind(Json(&saga.steps))
-    .bind(current_step)
-    .bind(&saga.failure_reason)
-    .bind(saga.wake_at())
-    .bind(saga.updated_at)
-    .fetch_optional(conn)
-    .await?;
-    new_version.ok_or(StoreError::Conflict(saga.id))
-}
-
-/// Writes several sagas, each only if its version is still the one given; one statement. A
-/// [`StoreError::Conflict`] names one saga that changed (the caller retries the whole batch).
-pub async fn update_many(conn: &mut PgConnection, updates: &[SagaUpdate<'_>]) -> Result<(), StoreError> {
+/// Writes every changed saga of `writes`, each only if its version is still the one it was read
+/// at (one statement). A [`StoreError::Conflict`] names one saga that changed meanwhile.
+async fn update_many(conn: &mut PgConnection, writes: &[SagaWrite<'_>]) -> Result<(), StoreError> {
+    let updates: Vec<(&SagaWrite<'_>, i64)> = writes
+        .iter()
+        .filter_map(|w| match w.row {
+            RowWrite::Update { expected_version } => Some((w, expected_version)),
+            _ => None,
+        })
+        .collect();
     if updates.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = updates.iter().map(|u| u.saga.id.as_uuid()).collect();
-    let versions: Vec<i64> = updates.iter().map(|u| u.expected_version).collect();
-    let states: Vec<&str> = updates.iter().map(|u| u.saga.state.as_str()).collect();
-    let contexts: Vec<Json<&Map<String, Value>>> = updates.iter().map(|u| Json(&u.saga.context)).collect();
-    let steps: Vec<Json<&Vec<StepRecord>>> = updates.iter().map(|u| Json(&u.saga.steps)).collect();
-    let current: Vec<Option<&str>> = updates.iter().map(|u| u.current_step).collect();
-    let reasons: Vec<Option<&str>> = updates.iter().map(|u| u.saga.failure_reason.as_deref()).collect();
-    let wakes: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.saga.wake_at()).collect();
-    let updated: Vec<DateTime<Utc>> = updates.iter().map(|u| u.saga.updated_at).collect();
+    let ids: Vec<Uuid> = updates.iter().map(|(w, _)| w.saga.id.as_uuid()).collect();
+    let versions: Vec<i64> = updates.iter().map(|(_, v)| *v).collect();
+    let states: Vec<&str> = updates.iter().map(|(w, _)| w.saga.state.as_str()).collect();
+    let contexts: Vec<Json<&Map<String, Value>>> =
+        updates.iter().map(|(w, _)| Json(&w.saga.context)).collect();
+    let steps: Vec<Json<&Vec<StepRecord>>> = updates.iter().map(|(w, _)| Json(&w.saga.steps)).collect();
+    let current: Vec<Option<&str>> = updates.iter().map(|(w, _)| w.current_step.as_deref()).collect();
+    let reasons: Vec<Option<&str>> = updates
+        .iter()
+        .map(|(w, _)| w.saga.failure_reason.as_deref())
+        .collect();
+    let wakes: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(w, _)| w.saga.wake_at()).collect();
+    let updated: Vec<DateTime<Utc>> = updates.iter().map(|(w, _)| w.saga.updated_at).collect();
     let written: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE sagas s SET state = u.state, version = s.version + 1, context = u.context, steps = u.steps, \
          current_step = u.current_step, failure_reason = u.failure_reason, wake_at = u.wake_at, updated_at = u.updated_at \
@@ -217,36 +263,24 @@ pub async fn update_many(conn: &mut PgConnection, updates: &[SagaUpdate<'_>]) ->
     Err(StoreError::Conflict(SagaId::from_uuid(missed)))
 }
 
-/// One saga of [`update_many`].
-#[derive(Debug, Clone, Copy)]
-pub struct SagaUpdate<'a> {
-    pub saga: &'a Saga,
-    pub expected_version: i64,
-    pub current_step: Option<&'a str>,
-}
-
-/// A history event to append with [`append_many`].
-#[derive(Debug, Clone, Copy)]
-pub struct NewEvent<'a> {
-    pub saga: SagaId,
-    pub at: DateTime<Utc>,
-    pub actor: &'a str,
-    pub event: &'a Event,
-}
-
-/// Appends the history events of several sagas, in the order given (one statement for all).
-pub async fn append_many(conn: &mut PgConnection, events: &[NewEvent<'_>]) -> Result<(), StoreError> {
-    if events.is_empty() {
+/// Appends the history events of the writes, in order (one statement for all).
+async fn append_many<'w, 'a: 'w>(
+    conn: &mut PgConnection,
+    writes: impl Iterator<Item = &'w SagaWrite<'a>>,
+) -> Result<(), StoreError> {
+    let (mut ids, mut ats, mut actors, mut kinds, mut data) = (vec![], vec![], vec![], vec![], vec![]);
+    for w in writes {
+        for e in &w.events {
+            ids.push(w.saga.id.as_uuid());
+            ats.push(e.at);
+            actors.push(e.actor);
+            kinds.push(e.event.kind());
+            data.push(serde_json::to_value(e.event).unwrap_or_else(|_| Value::Object(Map::new())));
+        }
+    }
+    if ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.saga.as_uuid()).collect();
-    let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
-    let actors: Vec<&str> = events.iter().map(|e| e.actor).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind()).collect();
-    let data: Vec<Value> = events
-        .iter()
-        .map(|e| serde_json::to_value(e.event).unwrap_or_else(|_| Value::Object(Map::new())))
-        .collect();
     sqlx::query(
         "INSERT INTO saga_events (saga_id, at, actor, kind, data) \
          SELECT i, t, a, k, d FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::jsonb[]) \
@@ -273,36 +307,6 @@ pub async fn lock_many(conn: &mut PgConnection, ids: &[SagaId]) -> Result<Vec<St
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(StoredSaga::try_from).collect()
-}
-
-/// Appends history events (one statement for all).
-pub async fn append_events(
-    conn: &mut PgConnection,
-    saga: SagaId,
-    at: DateTime<Utc>,
-    actor: &str,
-    events: &[Event],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
-    let data: Vec<Value> = events
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap_or_else(|_| Value::Object(Map::new())))
-        .collect();
-    sqlx::query(
-        "INSERT INTO saga_events (saga_id, at, actor, kind, data) \
-         SELECT $1, $2, $3, k, d FROM UNNEST($4::text[], $5::jsonb[]) WITH ORDINALITY AS e(k, d, n) ORDER BY n",
-    )
-    .bind(saga.as_uuid())
-    .bind(at)
-    .bind(actor)
-    .bind(kinds)
-    .bind(data)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
@@ -341,6 +345,50 @@ pub async fn find_by_key(
             .await?;
     Ok(row.map(|(id, hash)| (SagaId::from_uuid(id), hash.unwrap_or_default())))
 }
+
+/// Scrape-time gauges of the saga table: `sagas_by_state{saga_type,state}` for the states that
+/// can still need attention (running, compensating, parked as failed) and
+/// `saga_oldest_in_state_seconds{state}`, how long the least recently changed running or
+/// compensating saga has been waiting. Both read indexes (`sagas_state_id`); a failed read leaves
+/// the last values.
+pub async fn sample_gauges(pool: sqlx::PgPool) {
+    let counts: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
+        "SELECT saga_type, state, count(*) FROM sagas \
+         WHERE state IN ('running', 'compensating', 'failed') GROUP BY saga_type, state",
+    )
+    .fetch_all(&pool)
+    .await;
+    if let Ok(counts) = counts {
+        // States with no saga left must read 0, not keep their last count.
+        let mut seen = std::collections::HashSet::new();
+        for (saga_type, state, n) in counts {
+            seen.insert((saga_type.clone(), state.clone()));
+            metrics::gauge!("sagas_by_state", "saga_type" => saga_type, "state" => state).set(n as f64);
+        }
+        let mut known = KNOWN_GAUGES.lock().unwrap_or_else(|e| e.into_inner());
+        for (saga_type, state) in known.iter().filter(|k| !seen.contains(*k)) {
+            metrics::gauge!("sagas_by_state", "saga_type" => saga_type.clone(), "state" => state.clone())
+                .set(0.0);
+        }
+        known.extend(seen);
+    }
+    let oldest: Result<Vec<(String, f64)>, _> = sqlx::query_as(
+        "SELECT s.state, COALESCE((SELECT extract(epoch FROM clock_timestamp() - min(updated_at))::float8 \
+                                   FROM sagas WHERE state = s.state), 0) \
+         FROM unnest(ARRAY['running', 'compensating']) AS s(state)",
+    )
+    .fetch_all(&pool)
+    .await;
+    if let Ok(oldest) = oldest {
+        for (state, secs) in oldest {
+            metrics::gauge!("saga_oldest_in_state_seconds", "state" => state).set(secs);
+        }
+    }
+}
+
+/// Every (type, state) `sagas_by_state` has reported, so one that empties is set back to 0.
+static KNOWN_GAUGES: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// One history entry.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Domain;
@@ -157,31 +158,31 @@ impl<D: Domain> ParticipantApp<D> {
         self.commands.assigned()
     }
 
-    /// Consumes commands and relays replies until `shutdown`.
+    /// Consumes commands and relays replies until `shutdown`; then drains its loops (bounded).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         // One producer for the process (relay, dead letters, readiness), as Kafka recommends.
         let producer = self.kafka.producer()?;
-        let relay = if self.relay.enabled {
+        let mut tasks = JoinSet::new();
+        if self.relay.enabled {
             let relay = Relay::new(self.pool.clone(), producer.clone(), self.relay.clone())
                 .reporting_to(self.health.check("outbox relay"));
-            Some(tokio::spawn(relay.run(shutdown.clone())))
-        } else {
-            None
-        };
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
         let probes = http::Probes {
             pool: self.pool.clone(),
             producer: producer.clone(),
             health: self.health.clone(),
+            samplers: Vec::new(),
         };
-        let router = http::router(probes, Router::new());
-        let server = tokio::spawn(http::serve(self.http, router, shutdown.clone()));
+        tasks.spawn(http::serve(
+            self.http,
+            http::router(probes, Router::new()),
+            shutdown.clone(),
+        ));
         let dead = DeadLetters::new(producer, self.kafka.dead_letter_topic(&self.commands_topic));
         consumer::run(self.commands, self.participant, dead, shutdown.clone()).await;
         shutdown.cancel();
-        if let Some(relay) = relay {
-            let _ = tokio::time::timeout(Duration::from_secs(15), relay).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        saga_runtime::shutdown::drain(tasks, Duration::from_secs(15)).await;
         self.pool.close().await;
         Ok(())
     }

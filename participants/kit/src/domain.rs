@@ -2,22 +2,11 @@
 
 use std::future::Future;
 
+use saga_proto::envelope::Command;
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::command::Command;
-
-/// Why a command was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum DomainError {
-    /// A business rule refuses the command. Definite for an action (recorded and answered as a
-    /// business failure); for a compensation it is answered but not recorded, so a retry can succeed.
-    #[error("{0}")]
-    Rejected(String),
-    /// The database failed; the whole transaction is rolled back and the command retried.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
+use crate::error::DomainError;
 
 /// A participant's business logic.
 ///

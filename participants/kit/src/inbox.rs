@@ -12,21 +12,20 @@
 //! loop stores the Kafka offsets only after the commit. A compensation whose action was never
 //! applied is a recorded no-op; that record also refuses the action if it arrives late.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::Message;
-use saga_proto::headers;
-use saga_proto::v1::{Outcome, ReplyEnvelope};
-use saga_runtime::consumer::{Handler, Incoming, Transient, Verdicts};
+use saga_proto::Phase;
+use saga_proto::envelope::{self, Command};
+use saga_runtime::consumer::{Handler, Incoming, Transient, Verdict, Verdicts};
 use saga_runtime::outbox::{self, OutboxMessage};
 use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::command::{Command, Phase};
-use crate::domain::{Domain, DomainError};
+use crate::domain::Domain;
+use crate::error::DomainError;
 
 /// What processing decided for one command.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,12 +114,9 @@ impl<D: Domain> Participant<D> {
                     d
                 }
             };
-            let mut reply = self.reply(cmd, decision);
             // Each reply continues the trace of the command it answers.
-            for (k, v) in span.in_scope(saga_runtime::trace::current_headers) {
-                reply.headers.entry(k).or_insert(v);
-            }
-            replies.push(reply);
+            let trace = span.in_scope(saga_runtime::trace::current_headers);
+            replies.push(self.reply(cmd, decision).in_trace(&trace));
             processed.push(p);
             spans.push(span);
         }
@@ -199,41 +195,20 @@ impl<D: Domain> Participant<D> {
     }
 
     fn reply(&self, cmd: &Command, decision: &Decision) -> OutboxMessage {
-        let (outcome, reason, payload) = match decision {
-            Decision::Applied(v) => (Outcome::Success, String::new(), v.to_string()),
-            Decision::Rejected(r) => (Outcome::BusinessFailure, r.clone(), String::new()),
+        let outcome = match decision {
+            Decision::Applied(payload) => envelope::Outcome::Success {
+                payload: payload.clone(),
+            },
+            Decision::Rejected(reason) => envelope::Outcome::BusinessFailure {
+                reason: reason.clone(),
+            },
         };
-        let message_id = uuid::Uuid::now_v7().to_string();
-        let envelope = ReplyEnvelope {
-            message_id: message_id.clone(),
-            saga_id: cmd.saga_id.to_string(),
-            saga_type: cmd.saga_type.clone(),
-            step_index: cmd.step_index,
-            attempt: cmd.attempt,
-            phase: cmd.phase.to_wire() as i32,
-            command_type: cmd.command_type.clone(),
-            outcome: outcome as i32,
-            reason,
-            payload_json: payload,
-            causation_id: cmd.message_id.clone(),
-            participant: self.domain.name().to_owned(),
-        };
-        let mut h = BTreeMap::new();
-        h.insert(headers::MESSAGE_ID.to_owned(), message_id);
-        h.insert(headers::SAGA_ID.to_owned(), cmd.saga_id.to_string());
-        h.insert(headers::SAGA_TYPE.to_owned(), cmd.saga_type.clone());
-        h.insert(headers::COMMAND_TYPE.to_owned(), cmd.command_type.clone());
-        h.insert(headers::PHASE.to_owned(), cmd.phase.as_str().to_owned());
-        h.insert(headers::ATTEMPT.to_owned(), cmd.attempt.to_string());
-        h.insert(
-            headers::CONTENT_TYPE.to_owned(),
-            headers::REPLY_CONTENT_TYPE.to_owned(),
-        );
+        let reply = envelope::Reply::to(cmd, self.domain.name(), outcome);
         OutboxMessage {
             topic: self.reply_topic.clone(),
             key: cmd.saga_id.to_string(),
-            payload: envelope.encode_to_vec(),
-            headers: h,
+            payload: reply.encode(),
+            headers: reply.headers(),
         }
     }
 }
@@ -276,6 +251,7 @@ async fn recorded(
                  reason,
                  reply,
              }| {
+                // The table's CHECK constraint admits these two only.
                 let phase = if phase == Phase::Action.as_str() {
                     Phase::Action
                 } else {
@@ -370,9 +346,9 @@ impl<D: Domain> Handler for Participant<D> {
             match self.accept(m) {
                 Ok(cmd) => {
                     commands.push((cmd, m.span()));
-                    verdicts.push(Ok(()));
+                    verdicts.push(Verdict::Done);
                 }
-                Err(reason) => verdicts.push(Err(reason)),
+                Err(reason) => verdicts.push(Verdict::Poison(reason)),
             }
         }
         self.process_batch(&commands).await.map_err(Transient::new)?;
@@ -386,7 +362,7 @@ impl<D: Domain> Participant<D> {
         let bytes = m
             .payload
             .ok_or_else(|| "empty record: expected a saga.v1.CommandEnvelope".to_owned())?;
-        let cmd = Command::decode(bytes)?;
+        let cmd = Command::decode(bytes).map_err(|e| e.0)?;
         if !self.domain.handles(&cmd.command_type) {
             return Err(format!(
                 "{} does not handle command type `{}`",

@@ -5,17 +5,20 @@
 //! replies through the service's own outbox. See [`inbox`] for the exact protocol.
 //!
 //! Layout:
-//! - [`command`]: decoding `CommandEnvelope`s and typed payload access.
-//! - [`domain`]: the [`Domain`] trait a service implements.
+//! - [`domain`]: the [`Domain`] trait a service implements; [`error`]: [`DomainError`].
+//! - [`Command`] (decoded, with typed payload access) and [`Phase`] are the wire protocol's own
+//!   types, from `saga_proto`.
 //! - [`inbox`]: the one-transaction protocol ([`Participant`]).
 //! - [`app`]: settings and [`ParticipantApp`] (build → run until stopped).
 
 pub mod app;
-pub mod command;
 pub mod domain;
+pub mod error;
 pub mod inbox;
 
 pub use app::{ParticipantApp, ParticipantSettings, ServiceDefaults, migrate};
-pub use command::{Command, Phase};
-pub use domain::{Domain, DomainError};
+pub use domain::Domain;
+pub use error::DomainError;
 pub use inbox::{Decision, Participant, Processed};
+pub use saga_proto::Phase;
+pub use saga_proto::envelope::Command;

@@ -214,7 +214,7 @@ pub fn planned(commands: &[Command], topic_prefix: &str) -> Vec<pb::PlannedComma
         .map(|c| pb::PlannedCommand {
             step_index: c.step as u32,
             step_name: c.step_name.clone(),
-            phase: crate::wire::to_wire_phase(c.phase) as i32,
+            phase: c.phase.to_wire() as i32,
             attempt: c.attempt,
             command_type: c.command_type.clone(),
             topic: format!("{topic_prefix}{}", c.participant),

@@ -1,0 +1,65 @@
+//! Saga metrics, derived from each committed decision's events, so every entry point counts
+//! the same way: started, finished by state, step durations by outcome, compensations, missed
+//! deadlines, failed attempts, ignored replies, operator actions.
+
+use chrono::{DateTime, Utc};
+use saga_engine::{Decision, Event, Phase, SagaDefinition};
+
+/// Saga metrics, derived from a committed decision's events.
+pub(super) fn observe(def: &SagaDefinition, decision: &Decision, now: DateTime<Utc>) {
+    let saga = &decision.saga;
+    let t = saga.saga_type.clone();
+    let elapsed = |from: Option<DateTime<Utc>>| {
+        from.map_or(0.0, |f| (now - f).num_microseconds().unwrap_or(0) as f64 / 1e6)
+    };
+    let step_name = |i: usize| def.steps.get(i).map_or_else(String::new, |s| s.name.clone());
+    let step_time = |i: usize, phase: Phase, outcome: &'static str| {
+        let started = saga
+            .steps
+            .get(i)
+            .and_then(|s| s.phase(phase))
+            .and_then(|p| p.started_at);
+        metrics::histogram!("saga_step_duration_seconds", "saga_type" => t.clone(), "step" => step_name(i),
+            "phase" => phase.as_str(), "outcome" => outcome)
+        .record(elapsed(started));
+    };
+    for event in &decision.events {
+        match event {
+            Event::SagaStarted => {
+                metrics::counter!("saga_started_total", "saga_type" => t.clone()).increment(1)
+            }
+            Event::SagaCompleted | Event::SagaCompensated | Event::SagaFailed { .. } => {
+                let state = saga.state.as_str();
+                metrics::counter!("saga_finished_total", "saga_type" => t.clone(), "state" => state)
+                    .increment(1);
+                metrics::histogram!("saga_duration_seconds", "saga_type" => t.clone(), "state" => state)
+                    .record(elapsed(Some(saga.created_at)));
+            }
+            Event::StepSucceeded { step, phase, .. } => step_time(*step, *phase, "succeeded"),
+            Event::StepRejected { step, .. } => step_time(*step, Phase::Action, "rejected"),
+            Event::StepAbandoned { step, .. } => step_time(*step, Phase::Action, "abandoned"),
+            Event::CompensationExhausted { step, .. } => step_time(*step, Phase::Compensation, "exhausted"),
+            Event::CompensationStarted { .. } => {
+                metrics::counter!("saga_compensations_total", "saga_type" => t.clone()).increment(1);
+            }
+            Event::DeadlineMissed { step, phase, .. } => {
+                metrics::counter!("saga_deadlines_missed_total", "saga_type" => t.clone(), "step" => step_name(*step),
+                    "phase" => phase.as_str())
+                .increment(1);
+            }
+            Event::AttemptFailed { step, phase, .. } => {
+                metrics::counter!("saga_attempts_failed_total", "saga_type" => t.clone(), "step" => step_name(*step),
+                    "phase" => phase.as_str())
+                .increment(1);
+            }
+            Event::ReplyIgnored { .. } => {
+                metrics::counter!("saga_replies_ignored_total", "saga_type" => t.clone()).increment(1);
+            }
+            Event::SagaAborted { .. } | Event::CompensationReplayed { .. } | Event::StepRetried { .. } => {
+                metrics::counter!("saga_operator_actions_total", "saga_type" => t.clone(), "action" => event.kind())
+                    .increment(1);
+            }
+            Event::CommandDispatched { .. } | Event::ReplaySkipped { .. } => {}
+        }
+    }
+}
