@@ -5,19 +5,33 @@
 #     fields and wrong types are errors);
 #   - the Strimzi custom resources against the JSON Schemas in k8s/schemas;
 #   - any other kind is an error;
+#   - the Prometheus Operator, Argo CD and Istio kinds against JSON Schemas converted from their
+#     upstream CRDs (pinned module versions from the Go module proxy; k8s/tools/crd_schemas.py),
+#     with kubernetes-validate --strict (the schemas added to a copy of its schema directory) and
+#     the checker;
 #   - then consistency and policy (k8s/tools/check_manifests.py): selectors and ports line up,
 #     autoscaler/PDB/NetworkPolicy targets exist, no secret values, hardened pods, settings the
 #     services accept and that are complete (TLS, SASL, mounted files), Kafka topics and ACLs that
-#     match who reads and writes what, every setting documented in docs/DEPLOYMENT.md.
+#     match who reads and writes what, every setting documented in docs/DEPLOYMENT.md; alerts with
+#     severity, runbook (docs/OPERATIONS.md) and only exported metrics; scraping, mesh policies
+#     that never admit more than the NetworkPolicies, Argo CD projects that admit what their
+#     Applications render.
+# Then the operations checks: `promtool check rules` and `promtool test rules` on the alerts of
+# k8s/components/monitoring (its tests/), actionlint on .github/workflows, and the unit tests of
+# k8s/tools/check_metrics.py.
 # Finally it proves the checks can fail: every manifest (or kustomization) in k8s/tests/broken/
 # must be rejected for exactly the reasons its `# expect:` lines give — each expected reason
-# reported, no other error.
+# reported, no other error; so must every promtool unit test in k8s/tests/broken/promtool/ and
+# every workflow in k8s/tests/broken/actionlint/.
 #
 #   scripts/k8s-validate.sh        # exit 0 only if all renders pass and every broken one fails
 #   scripts/k8s-validate.sh -q     # errors and one summary line per target only
 #
-# Needs python3 (with pip) and go. kubernetes-validate (PyPI) and kustomize (`go install`) are
-# installed on first use into ~/.cache/saga-coordinator (SAGA_CACHE), pinned, and reused.
+# Needs python3 (with pip), go, and apt-get (Debian) for promtool and shellcheck. Installed on
+# first use into ~/.cache/saga-coordinator (SAGA_CACHE), pinned, and reused: kubernetes-validate
+# (PyPI), kustomize and actionlint (`go install`), the CRDs (`go mod download`, converted, the
+# sources then deleted), promtool and shellcheck (the binaries only, extracted from Debian's
+# prometheus and shellcheck packages: no server is installed or started).
 # Nothing here talks to a cluster.
 set -euo pipefail
 
@@ -53,7 +67,7 @@ if [ ! -f "$KV_DIR/.installed" ]; then
     rm -rf "$KV_DIR" && mv "$KV_DIR.tmp" "$KV_DIR"
     touch "$KV_DIR/.installed"
 fi
-py() { PYTHONPATH="$KV_DIR" PYTHONNOUSERSITE=1 python3 "$@"; }
+py() { PYTHONPATH="$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 python3 "$@"; }
 py -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null ||
     die "kubernetes-validate in $KV_DIR does not import; delete that directory and run again"
 
@@ -73,6 +87,113 @@ RENDERER="kustomize $KUSTOMIZE_VERSION"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
+# actionlint, pinned, built once like kustomize.
+ACTIONLINT_VERSION="v1.7.12"
+ACTIONLINT="$SAGA_CACHE/actionlint-$ACTIONLINT_VERSION/actionlint"
+if [ ! -x "$ACTIONLINT" ]; then
+    command -v go >/dev/null || die "go is required to install actionlint"
+    log "installing actionlint $ACTIONLINT_VERSION into $(dirname "$ACTIONLINT") (once; go install)"
+    GOBIN="$(dirname "$ACTIONLINT")" GOFLAGS=-mod=mod go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" ||
+        die "could not install actionlint $ACTIONLINT_VERSION"
+fi
+
+# promtool and shellcheck: one binary each out of Debian's package (apt-get download + dpkg-deb,
+# no install, so no Prometheus server and no service), kept in the cache. The version is pinned;
+# when Debian has replaced it (a security update), the release's current version is taken and
+# named in the output.
+PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"
+SHELLCHECK_DEB_VERSION="0.9.0-1"
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+deb_binary() { # PACKAGE VERSION BINARY → prints the path of the cached binary
+    local pkg="$1" version="$2" bin="$3" dir debs
+    for dir in "$SAGA_CACHE/deb-$pkg-$version" "$SAGA_CACHE"/deb-"$pkg"-*; do
+        [ -x "$dir/$bin" ] && { echo "$dir/$bin"; return 0; }
+    done
+    command -v apt-get >/dev/null || return 1
+    log "extracting $bin from Debian's $pkg $version into $SAGA_CACHE (once)"
+    mkdir -p "$WORK/deb-$pkg"
+    (
+        cd "$WORK/deb-$pkg" || exit 1
+        apt-get download "$pkg=$version" >/dev/null 2>&1 && exit 0
+        as_root apt-get update -q >/dev/null 2>&1 || true
+        apt-get download "$pkg=$version" >/dev/null 2>&1 && exit 0
+        log "$pkg $version is no longer offered; taking the release's current $pkg"
+        apt-get download "$pkg" >/dev/null 2>&1
+    ) || return 1
+    debs=("$WORK/deb-$pkg"/*.deb)
+    [ -f "${debs[0]}" ] || return 1
+    dir="$SAGA_CACHE/deb-$pkg-$(dpkg-deb -f "${debs[0]}" Version)"
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    dpkg-deb --fsys-tarfile "${debs[0]}" | tar -x -C "$dir.tmp" --strip-components=3 "./usr/bin/$bin" || return 1
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    echo "$dir/$bin"
+}
+PROMTOOL="$(deb_binary prometheus "$PROMETHEUS_DEB_VERSION" promtool)" || PROMTOOL="$(command -v promtool)" ||
+    die "promtool is required: on Debian it comes from the prometheus package (apt-get download prometheus)"
+SHELLCHECK="$(deb_binary shellcheck "$SHELLCHECK_DEB_VERSION" shellcheck)" || SHELLCHECK="$(command -v shellcheck || true)"
+"$PROMTOOL" --version >/dev/null 2>&1 || die "$PROMTOOL does not run"
+PROMTOOL_VERSION="$("$PROMTOOL" --version 2>&1 | sed -n '1s/^promtool, version \([^ ]*\).*/\1/p')"
+
+# Upstream CRDs for the kinds k8s/schemas does not cover, from the Go module proxy at pinned
+# versions (module, then the CRD files in it), converted to strict JSON Schemas once; the module
+# sources are deleted afterwards. Nothing fetched is committed.
+PROMETHEUS_OPERATOR_VERSION="v0.85.0"
+ARGOCD_VERSION="v3.5.7"
+ISTIO_API_VERSION="v1.32.0"
+CRD_SOURCES=(
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+    "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION manifests/crds/application-crd.yaml manifests/crds/appproject-crd.yaml"
+    "istio.io/api@$ISTIO_API_VERSION kubernetes/customresourcedefinitions.gen.yaml"
+)
+CRD_DIR="$SAGA_CACHE/crd-schemas-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-argo-cd-$ARGOCD_VERSION-istio-api-$ISTIO_API_VERSION"
+if [ ! -f "$CRD_DIR/.complete" ]; then
+    command -v go >/dev/null || die "go is required to fetch the CRDs (go mod download)"
+    log "fetching CRDs into $CRD_DIR (once): prometheus-operator $PROMETHEUS_OPERATOR_VERSION, argo-cd $ARGOCD_VERSION, istio.io/api $ISTIO_API_VERSION"
+    modcache="$SAGA_CACHE/crd-modcache.tmp"
+    rm -rf "$modcache" "$CRD_DIR.tmp"
+    crds=()
+    for source in "${CRD_SOURCES[@]}"; do
+        read -r module paths <<<"$source"
+        moddir="$(cd "$WORK" && GOMODCACHE="$modcache" GOFLAGS=-modcacherw GOTOOLCHAIN=local go mod download -json "$module" |
+            py -c 'import json, sys; d = json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error", "no Dir")))')" ||
+            die "could not download $module from the Go module proxy"
+        for path in $paths; do
+            [ -f "$moddir/$path" ] || die "$module has no $path"
+            crds+=("$moddir/$path")
+        done
+    done
+    py "$ROOT/k8s/tools/crd_schemas.py" --out "$CRD_DIR.tmp" "${crds[@]}" >/dev/null || die "could not convert the CRDs"
+    rm -rf "$modcache" "$CRD_DIR" && mv "$CRD_DIR.tmp" "$CRD_DIR" && touch "$CRD_DIR/.complete"
+fi
+
+# kubernetes-validate's own command line, with those schemas added under its naming
+# (<kind>-<first label of the group>-<version>.json, never replacing a built-in one): a copy of the
+# pinned install made of hard links, plus the new files. Its --strict run below then checks the
+# Prometheus Operator, Argo CD and Istio objects too, not only the built-in kinds.
+KV_CRD_DIR="$CRD_DIR/kubernetes-validate-$KV_VERSION"
+if [ ! -f "$KV_CRD_DIR/.complete" ]; then
+    rm -rf "$KV_CRD_DIR" && mkdir -p "$KV_CRD_DIR"
+    cp -al "$KV_DIR/kubernetes_validate" "$KV_CRD_DIR/" 2>/dev/null || cp -a "$KV_DIR/kubernetes_validate" "$KV_CRD_DIR/"
+    py - "$CRD_DIR" "$KV_CRD_DIR/kubernetes_validate/kubernetes-json-schema" <<'PY' || die "could not add the CRD schemas to kubernetes-validate"
+import pathlib, shutil, sys
+crds, schemas = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for d in schemas.glob("v*-local-strict"):
+    for f in crds.glob("*.json"):
+        kind, rest = f.stem.split("-", 1)
+        group, version = rest.rsplit("-", 1)
+        target = d / f"{kind}-{group.split('.')[0]}-{version}.json"
+        if not target.exists():
+            shutil.copyfile(f, target)
+PY
+    touch "$KV_CRD_DIR/.complete"
+fi
+kv_cli() { PYTHONPATH="$KV_CRD_DIR:$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 python3 -m kubernetes_validate "$@"; }
+
+# What the checker needs for the operations objects (alerts, dashboards, mesh, Argo CD).
+OPS_ARGS=(--crd-schemas "$CRD_DIR" --metrics-inventory "$ROOT/k8s/tools/testdata/metrics-inventory.prom"
+    --promtool "$PROMTOOL" --operations "$ROOT/docs/OPERATIONS.md" --kustomize "$KUSTOMIZE" --repo-root "$ROOT")
+
 # ---------------------------------------------------------------------------- targets
 
 # name | options for the checker | kustomization directories rendered and checked together
@@ -83,12 +204,16 @@ TARGETS=(
     "prod||k8s/overlays/prod k8s/overlays/prod/kafka"
     "variant dev-sasl||k8s/tests/variants/dev-sasl k8s/tests/variants/dev-sasl/kafka"
     "variant prod-mtls-https||k8s/tests/variants/prod-mtls-https k8s/overlays/prod/kafka"
+    "variant prod-ops||k8s/tests/variants/prod-ops k8s/overlays/prod/kafka"
+    "argocd||k8s/argocd"
 )
 
 failed=()
 passed=0
 objects=0
-echo "Kubernetes manifests: $RENDERER, kubernetes-validate $KV_VERSION --strict for Kubernetes $K8S_VERSION"
+echo "Kubernetes manifests: $RENDERER, kubernetes-validate $KV_VERSION --strict for Kubernetes $K8S_VERSION;"
+echo "upstream CRDs: prometheus-operator $PROMETHEUS_OPERATOR_VERSION, argo-cd $ARGOCD_VERSION, istio.io/api $ISTIO_API_VERSION;"
+echo "promtool $PROMTOOL_VERSION, actionlint $ACTIONLINT_VERSION${SHELLCHECK:+ with shellcheck $("$SHELLCHECK" --version | sed -n 's/^version: //p')}"
 for target in "${TARGETS[@]}"; do
     IFS='|' read -r name opts dirs <<<"$target"
     echo
@@ -106,15 +231,15 @@ for target in "${TARGETS[@]}"; do
         files+=("$out")
     done
     if [ "$ok" = 1 ]; then
-        # The kubernetes-validate command line itself, over the whole render (it skips kinds it
-        # has no schema for; the checker below fails them instead).
-        if ! kv_out="$(py -m kubernetes_validate --strict --quiet --no-warn -k "$K8S_VERSION" "${files[@]}" 2>&1)"; then
+        # The kubernetes-validate command line itself (with the CRD schemas added), over the whole
+        # render (it skips kinds it has no schema for; the checker below fails them instead).
+        if ! kv_out="$(kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "${files[@]}" 2>&1)"; then
             echo "$kv_out"
             ok=0
         fi
         # shellcheck disable=SC2086 # opts is a word list on purpose
         if ! py "$CHECK" --k8s-version "$K8S_VERSION" --docs "$DOCS" --label "$name" \
-            ${opts} "${QUIET[@]}" "${files[@]}"; then
+            ${opts} "${OPS_ARGS[@]}" "${QUIET[@]}" "${files[@]}"; then
             ok=0
         fi
         n="$(cat "${files[@]}" | grep -c '^kind:' || true)"
@@ -123,6 +248,57 @@ for target in "${TARGETS[@]}"; do
     if [ "$ok" = 1 ]; then passed=$((passed + 1)); else failed+=("$name"); fi
 done
 
+# ---------------------------------------------------------------------------- operations checks
+
+ops_failed=()
+echo
+echo "── alerts: promtool check rules, promtool test rules (k8s/components/monitoring/tests/)"
+# The PrometheusRule is the only copy of the rules: its .spec is the rules file promtool reads.
+RULES_DIR="$WORK/promtool"
+mkdir -p "$RULES_DIR"
+py -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], open(sys.argv[2], "w"), sort_keys=False)' \
+    "$ROOT/k8s/components/monitoring/prometheusrule.yaml" "$RULES_DIR/saga-coordinator.rules.yaml"
+cp "$ROOT"/k8s/components/monitoring/tests/*.test.yaml "$RULES_DIR/"
+n_rules="$(grep -c '^ *- \(alert\|record\):' "$RULES_DIR/saga-coordinator.rules.yaml" || true)"
+n_tests="$(cat "$ROOT"/k8s/components/monitoring/tests/*.test.yaml | grep -c '^  - name:' || true)"
+if out="$("$PROMTOOL" check rules "$RULES_DIR/saga-coordinator.rules.yaml" 2>&1)" &&
+    out2="$(cd "$RULES_DIR" && "$PROMTOOL" test rules ./*.test.yaml 2>&1)"; then
+    echo "alerts: $n_rules rules pass promtool check rules; $n_tests unit tests pass promtool test rules"
+else
+    echo "$out"
+    echo "${out2:-}"
+    echo "alerts: FAILED"
+    ops_failed+=(promtool)
+fi
+
+echo
+echo "── workflows: actionlint .github/workflows/"
+# shellcheck disable=SC2016 # a Go template, not shell
+ACTIONLINT_FORMAT='{{range $err := .}}ERROR {{$err.Filepath}}:{{$err.Line}}:{{$err.Column}}: {{$err.Message}} [{{$err.Kind}}]\n{{end}}'
+lint() { "$ACTIONLINT" -shellcheck="${SHELLCHECK:-}" -format "$ACTIONLINT_FORMAT" "$@"; }
+workflows=("$ROOT"/.github/workflows/*.y*ml)
+if out="$(cd "$ROOT" && lint "${workflows[@]#"$ROOT"/}" 2>&1)"; then
+    echo "workflows: ${#workflows[@]} file(s) clean (actionlint${SHELLCHECK:+, shellcheck on run: steps})"
+else
+    echo "$out"
+    echo "workflows: FAILED"
+    ops_failed+=(actionlint)
+fi
+
+echo
+echo "── tools: unit tests of k8s/tools/check_metrics.py; the alerts and dashboard against the metric inventory"
+if out="$(cd "$ROOT/k8s/tools" && py -m unittest -q test_check_metrics 2>&1)" &&
+    out2="$(py "$ROOT/k8s/tools/check_metrics.py" --scrape "$ROOT/k8s/tools/testdata/metrics-inventory.prom" \
+        "$ROOT/k8s/components/monitoring/prometheusrule.yaml" \
+        "$ROOT/k8s/components/monitoring/dashboards/saga-coordinator.json" 2>&1)"; then
+    echo "tools: $(grep -o 'Ran [0-9]* tests' <<<"$out"), OK; $out2"
+else
+    echo "$out"
+    echo "${out2:-}"
+    echo "tools: FAILED"
+    ops_failed+=(check_metrics)
+fi
+
 # ---------------------------------------------------------------------------- broken fixtures
 
 echo
@@ -130,6 +306,50 @@ echo "── broken fixtures (each must be rejected, for exactly the reasons it 
 rejected=0
 total_fixtures=0
 accepted=()
+
+# judge REL FIXTURE STATUS ERRORS [NOTE]: the fixture must have failed (STATUS != 0) with every
+# `# expect:` line of FIXTURE among ERRORS (one per line) and no other error.
+judge() {
+    local rel="$1" fixture="$2" status="$3" errors="$4" note="${5:-}" want line hit
+    local expects=() missing=() unexpected=()
+    while IFS= read -r want; do
+        [ -n "$want" ] && expects+=("$want")
+    done < <(sed -n 's/^# expect: //p' "$fixture")
+    if [ "${#expects[@]}" = 0 ]; then
+        echo "FAIL $rel has no '# expect:' line naming why it must fail"
+        accepted+=("$rel")
+        return
+    fi
+    if [ "$status" = 0 ]; then
+        echo "FAIL $rel was accepted, but it is broken"
+        accepted+=("$rel")
+        return
+    fi
+    for want in "${expects[@]}"; do
+        grep -qF -- "$want" <<<"$errors" || missing+=("$want")
+    done
+    while IFS= read -r line; do
+        [ -n "$line" ] || continue
+        hit=0
+        for want in "${expects[@]}"; do
+            if [[ "$line" == *"$want"* ]]; then hit=1; break; fi
+        done
+        [ "$hit" = 1 ] || unexpected+=("$line")
+    done <<<"$errors"
+    if [ "${#missing[@]}" -gt 0 ] || [ "${#unexpected[@]}" -gt 0 ]; then
+        echo "FAIL $rel was rejected, but not for exactly the expected reasons:"
+        [ "${#missing[@]}" -gt 0 ] && printf '       expected, not reported: %s\n' "${missing[@]}"
+        [ "${#unexpected[@]}" -gt 0 ] && printf '       reported, not expected: %s\n' "${unexpected[@]}"
+        accepted+=("$rel")
+        return
+    fi
+    rejected=$((rejected + 1))
+    echo "  ok  $rel rejected: $(grep -c . <<<"$errors") error(s), all expected$note"
+    if [ "${#QUIET[@]}" = 0 ]; then
+        awk '{ print "        " $0 }' <<<"$errors"
+    fi
+}
+
 for fixture in "$ROOT"/k8s/tests/broken/*.yaml "$ROOT"/k8s/tests/broken/*/kustomization.yaml; do
     [ -f "$fixture" ] || continue
     total_fixtures=$((total_fixtures + 1))
@@ -146,62 +366,44 @@ for fixture in "$ROOT"/k8s/tests/broken/*.yaml "$ROOT"/k8s/tests/broken/*/kustom
     else
         manifest="$fixture"
     fi
-    out="$(py "$CHECK" --k8s-version "$K8S_VERSION" --quiet --label "$rel" "$manifest" 2>&1)" && status=0 || status=$?
+    out="$(py "$CHECK" --k8s-version "$K8S_VERSION" --quiet --label "$rel" "${OPS_ARGS[@]}" "$manifest" 2>&1)" && status=0 || status=$?
     # For the single-manifest fixtures, show what kubernetes-validate's command line alone says
     # (the consistency fixtures are schema-valid by design).
     cli=""
     if [ "$manifest" = "$fixture" ]; then
         cli="; kubernetes-validate CLI alone: accepts it"
-        py -m kubernetes_validate --strict --quiet --no-warn -k "$K8S_VERSION" "$manifest" >/dev/null 2>&1 ||
+        kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "$manifest" >/dev/null 2>&1 ||
             cli="; kubernetes-validate CLI alone: rejects it"
     fi
-    expects=()
-    while IFS= read -r want; do
-        [ -n "$want" ] && expects+=("$want")
-    done < <(sed -n 's/^# expect: //p' "$fixture")
-    if [ "${#expects[@]}" = 0 ]; then
-        echo "FAIL $rel has no '# expect:' line naming why it must fail"
-        accepted+=("$rel")
-        continue
-    fi
-    if [ "$status" = 0 ]; then
-        echo "FAIL $rel was accepted, but it is broken"
-        accepted+=("$rel")
-        continue
-    fi
-    errors="$(grep '^ERROR' <<<"$out" || true)"
-    missing=()
-    for want in "${expects[@]}"; do
-        grep -qF -- "$want" <<<"$errors" || missing+=("$want")
-    done
-    unexpected=()
-    while IFS= read -r line; do
-        [ -n "$line" ] || continue
-        hit=0
-        for want in "${expects[@]}"; do
-            if [[ "$line" == *"$want"* ]]; then hit=1; break; fi
-        done
-        [ "$hit" = 1 ] || unexpected+=("$line")
-    done <<<"$errors"
-    if [ "${#missing[@]}" -gt 0 ] || [ "${#unexpected[@]}" -gt 0 ]; then
-        echo "FAIL $rel was rejected, but not for exactly the expected reasons:"
-        [ "${#missing[@]}" -gt 0 ] && printf '       expected, not reported: %s\n' "${missing[@]}"
-        [ "${#unexpected[@]}" -gt 0 ] && printf '       reported, not expected: %s\n' "${unexpected[@]}"
-        accepted+=("$rel")
-        continue
-    fi
-    rejected=$((rejected + 1))
-    echo "  ok  $rel rejected: $(wc -l <<<"$errors") error(s), all expected$cli"
-    if [ "${#QUIET[@]}" = 0 ]; then
-        awk '{ print "        " $0 }' <<<"$errors"
-    fi
+    judge "$rel" "$fixture" "$status" "$(grep '^ERROR' <<<"$out" || true)" "$cli"
+done
+
+# promtool unit tests that must fail: run next to the extracted rules like the real tests; each
+# failing expectation is reported as `alertname: <name>, time: <eval_time>`.
+for fixture in "$ROOT"/k8s/tests/broken/promtool/*.test.yaml; do
+    [ -f "$fixture" ] || continue
+    total_fixtures=$((total_fixtures + 1))
+    rel="${fixture#"$ROOT"/}"
+    cp "$fixture" "$RULES_DIR/broken-$(basename "$fixture")"
+    out="$(cd "$RULES_DIR" && "$PROMTOOL" test rules "broken-$(basename "$fixture")" 2>&1)" && status=0 || status=$?
+    rm -f "$RULES_DIR/broken-$(basename "$fixture")"
+    judge "$rel" "$fixture" "$status" "$(grep -o 'alertname: .*, time: [^ ,]*' <<<"$out" || true)" "; promtool test rules"
+done
+
+# Workflows that actionlint must reject.
+for fixture in "$ROOT"/k8s/tests/broken/actionlint/*.yaml; do
+    [ -f "$fixture" ] || continue
+    total_fixtures=$((total_fixtures + 1))
+    rel="${fixture#"$ROOT"/}"
+    out="$(cd "$ROOT" && lint "$rel" 2>&1)" && status=0 || status=$?
+    judge "$rel" "$fixture" "$status" "$(grep '^ERROR' <<<"$out" || true)" "; actionlint"
 done
 
 # ---------------------------------------------------------------------------- verdict
 
 echo
-echo "Summary: ${passed}/${#TARGETS[@]} renders valid ($objects objects), ${rejected}/${total_fixtures} broken fixtures rejected"
-if [ "${#failed[@]}" -gt 0 ] || [ "${#accepted[@]}" -gt 0 ]; then
+echo "Summary: ${passed}/${#TARGETS[@]} renders valid ($objects objects), ${rejected}/${total_fixtures} broken fixtures rejected, operations checks (promtool, actionlint, check_metrics): $([ "${#ops_failed[@]}" = 0 ] && echo passed || echo "FAILED: ${ops_failed[*]}")"
+if [ "${#failed[@]}" -gt 0 ] || [ "${#accepted[@]}" -gt 0 ] || [ "${#ops_failed[@]}" -gt 0 ]; then
     [ "${#failed[@]}" -gt 0 ] && echo "invalid renders: ${failed[*]}"
     [ "${#accepted[@]}" -gt 0 ] && echo "broken fixtures not rejected as expected: ${accepted[*]}"
     echo "k8s-validate: FAILED"

@@ -2,20 +2,39 @@
 """Validates rendered Kubernetes manifests of the saga coordinator (run by scripts/k8s-validate.sh).
 
     check_manifests.py [--k8s-version 1.30.0] [--schemas k8s/schemas] [--docs docs/DEPLOYMENT.md]
-                       [--namespace-agnostic] [--label NAME] FILE...
+                       [--namespace-agnostic] [--label NAME] [--crd-schemas DIR]…
+                       [--metrics-inventory SCRAPE] [--promtool PATH] [--operations docs/OPERATIONS.md]
+                       [--kustomize PATH --repo-root DIR] FILE...
 
 All objects of all FILEs are checked together, so cross-references between them (a Service and
 its Deployment, a KafkaUser's ACLs and the services' topic prefix) are checked too.
 
 1. Schema, every object:
    - built-in kinds: kubernetes-validate, strict (unknown fields are errors), for --k8s-version;
-   - custom resources: the JSON Schema <kind>-<group>-<version>.json in --schemas;
+   - custom resources: the JSON Schema <kind>-<group>-<version>.json in --schemas (Strimzi), or in
+     a --crd-schemas directory (converted from the upstream CRDs of the Prometheus Operator,
+     Argo CD and Istio by crd_schemas.py);
    - anything else is an error: an unknown kind is never silently skipped.
 2. Consistency and policy (see the check_* functions): selectors match pod labels, Service and
    probe ports exist on the containers, autoscaler and disruption-budget targets exist, no Secret
    values, hardened pods, the services' settings are ones they accept, listen ports match the
    container ports, TLS and SASL settings are complete and their files mounted, the Kafka topics
    and ACLs match who reads and writes what, and every setting used is documented.
+3. Operations (when such objects are present):
+   - PrometheusRule: every alert has a severity (critical, warning, info), summary, description and
+     a runbook_url whose anchor is a heading of --operations; its expressions use only metrics and
+     labels of --metrics-inventory (check_metrics.py); `promtool check rules` accepts it;
+   - Grafana dashboard ConfigMaps (label grafana_dashboard: "1"): valid JSON with uid, title and
+     panels, unique panel ids, expressions checked like the alerts';
+   - ServiceMonitor: selects Services of the manifests, scrapes a port of each, which the pods'
+     NetworkPolicy admits from Prometheus' namespace; https with certificates under STRICT mTLS;
+   - Istio: namespace-wide STRICT PeerAuthentication and nothing weaker; every workload covered by
+     an ALLOW AuthorizationPolicy; no rule admits a source or port its NetworkPolicy does not; no
+     HTTP conditions on a port carrying the service's own TLS, which its Service declares as
+     appProtocol tls; sidecar injection on, but not for Jobs;
+   - Argo CD: each Application's project, repository and destination are admitted by its
+     AppProject, and so is every object its source renders to (rendered the way Argo CD does,
+     with --kustomize and --repo-root); Jobs are hooks when self-heal is on.
 
 Exit status 0 when everything passes, 1 otherwise. Errors are printed as `ERROR <object>: <why>`.
 """
@@ -129,6 +148,7 @@ class Obj:
 class Report:
     def __init__(self):
         self.errors: list[str] = []
+        self.notes: list[str] = []  # what was checked beyond the objects themselves (not --quiet)
 
     def error(self, obj, message: str):
         where = str(obj) if obj is not None else "manifests"
@@ -177,7 +197,7 @@ def _builtin_all_errors(doc: dict, version: str) -> list[str]:
     return [f"{_path(e)}: {_short(e.message)}" for e in validator.iter_errors(doc)]
 
 
-def check_schema(obj: Obj, version: str, schemas: Path, rep: Report):
+def check_schema(obj: Obj, version: str, schemas: Path, rep: Report, crd_dirs: tuple = ()):
     doc = obj.doc
     if not isinstance(doc, dict) or not obj.api or not obj.kind:
         rep.error(obj, "not a Kubernetes object (apiVersion and kind are required)")
@@ -185,9 +205,15 @@ def check_schema(obj: Obj, version: str, schemas: Path, rep: Report):
     if not obj.name:
         rep.error(obj, "metadata.name is missing")
     group, _, ver = obj.api.rpartition("/")
-    custom = schemas / f"{obj.kind.lower()}-{group}-{ver}.json" if group else None
-    if custom is not None and custom.exists():
-        obj.validator = f"{schemas.name}/{custom.name}"
+    custom = None
+    for d in (schemas, *crd_dirs) if group else ():
+        if (d / f"{obj.kind.lower()}-{group}-{ver}.json").exists():
+            custom = d / f"{obj.kind.lower()}-{group}-{ver}.json"
+            break
+    if custom is not None:
+        # k8s/schemas is hand-written for this project; the others are converted from the
+        # upstream CRDs (k8s/tools/crd_schemas.py, fetched pinned by scripts/k8s-validate.sh).
+        obj.validator = f"{schemas.name}/{custom.name}" if custom.parent == schemas else f"upstream CRD {custom.name}"
         schema = json.loads(custom.read_text())
         errs = sorted(jsonschema.validators.Draft202012Validator(schema).iter_errors(doc),
                       key=lambda e: list(map(str, e.absolute_path)))
@@ -202,7 +228,8 @@ def check_schema(obj: Obj, version: str, schemas: Path, rep: Report):
     except kv_utils.SchemaNotFoundError:
         obj.validator = "none"
         rep.error(obj, f"no schema for kind {obj.kind} ({obj.api}): neither a built-in Kubernetes "
-                       f"{version} kind nor a custom schema in {schemas} — unknown kinds are not allowed")
+                       f"{version} kind nor a custom schema in {schemas} or an upstream CRD schema — unknown kinds "
+                       "are not allowed")
     except kv_utils.ValidationError as first:
         try:
             errs = _builtin_all_errors(doc, version)
@@ -734,6 +761,436 @@ def check_kafka(objs: list[Obj], rep: Report, ctx: dict, hpa: dict):
             rep.error(u, "KafkaUser of no service in the manifests")
 
 
+# ------------------------------------------------------------------ monitoring, mesh, GitOps
+
+PROMETHEUS_NAMESPACE = "monitoring"  # where Prometheus runs (docs/DEPLOYMENT.md, Prerequisites)
+SEVERITIES = ("critical", "warning", "info")
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                  "PriorityClass", "StorageClass", "PersistentVolume", "ValidatingWebhookConfiguration",
+                  "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "IngressClass"}
+# Which container port numbers carry the service's own TLS, by the settings that turn it on.
+TLS_LISTENERS = (("APP_GRPC__TLS__CERT_FILE", "APP_GRPC__LISTEN"), ("APP_HTTP__TLS__CERT_FILE", "APP_HTTP__LISTEN"))
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file."""
+    anchors = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            text = re.sub(r"[`*_]", "", m.group(1)).strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors
+
+
+def _metrics_problems(inventory, expr: str) -> list[str]:
+    import check_metrics
+    return check_metrics.check_expression(expr, inventory)
+
+
+def check_prometheus_rules(objs: list[Obj], rep: Report, opts):
+    anchors = github_anchors(opts.operations.read_text()) if opts.operations else None
+    alerts = Counter()
+    for o in objs:
+        if o.kind != "PrometheusRule" or not o.schema_ok:
+            continue
+        for g in o.doc["spec"].get("groups") or []:
+            for r in g.get("rules") or []:
+                name = r.get("alert") or r.get("record")
+                where = f"{'alert' if 'alert' in r else 'record'} {name}"
+                if "alert" in r:
+                    alerts[name] += 1
+                    sev = (r.get("labels") or {}).get("severity")
+                    if sev not in SEVERITIES:
+                        rep.error(o, f"{where}: label severity is {sev!r}, not one of {', '.join(SEVERITIES)}")
+                    ann = r.get("annotations") or {}
+                    for key in ("summary", "description", "runbook_url"):
+                        if not str(ann.get(key, "")).strip():
+                            rep.error(o, f"{where}: annotation {key} is missing")
+                    url = str(ann.get("runbook_url", ""))
+                    if url and anchors is not None:
+                        m = re.fullmatch(r"\S*/docs/OPERATIONS\.md#([\w-]+)", url)
+                        if not m:
+                            rep.error(o, f"{where}: runbook_url {url} does not point at a heading of docs/OPERATIONS.md")
+                        elif m.group(1) not in anchors:
+                            rep.error(o, f"{where}: runbook_url anchor #{m.group(1)} is not a heading of {opts.operations.name}")
+                if opts.inventory is not None:
+                    for p in _metrics_problems(opts.inventory, str(r.get("expr", ""))):
+                        rep.error(o, f"{where}: {p}")
+        if opts.promtool:
+            check_with_promtool(o, rep, opts.promtool)
+    for name, n in alerts.items():
+        if n > 1:
+            rep.error(None, f"alert {name} is defined {n} times")
+
+
+def check_with_promtool(o: Obj, rep: Report, promtool: str):
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".rules.yaml", delete=False) as fh:
+        yaml.safe_dump(o.doc["spec"], fh, sort_keys=False)
+        path = fh.name
+    try:
+        run = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True)
+    finally:
+        os.unlink(path)
+    if run.returncode != 0:
+        lines = [line.strip().replace(path + ": ", "").replace(path, "rules")
+                 for line in (run.stdout + run.stderr).splitlines()]
+        lines = [line for line in lines if line and not line.startswith(("Checking ", "FAILED:"))]
+        for line in lines or [f"exit status {run.returncode}"]:
+            rep.error(o, f"promtool check rules: {_short(line, 400)}")
+
+
+def check_dashboards(objs: list[Obj], rep: Report, opts):
+    for o in objs:
+        if o.kind != "ConfigMap" or o.labels.get("grafana_dashboard") != "1":
+            continue
+        data = o.doc.get("data") or {}
+        if not any(k.endswith(".json") for k in data):
+            rep.error(o, "labelled grafana_dashboard but holds no *.json dashboard")
+        for key, text in data.items():
+            if not key.endswith(".json"):
+                continue
+            try:
+                dash = json.loads(text)
+            except json.JSONDecodeError as e:
+                rep.error(o, f"{key}: not valid JSON: {e}")
+                continue
+            for field in ("uid", "title", "panels"):
+                if not dash.get(field):
+                    rep.error(o, f"{key}: dashboard has no {field}")
+            ids = Counter()
+            panels = list(dash.get("panels") or [])
+            for p in list(panels):
+                panels += p.get("panels") or []
+            for p in panels:
+                ids[p.get("id")] += 1
+                for t in p.get("targets") or []:
+                    if not t.get("expr") or not t.get("refId"):
+                        rep.error(o, f"{key}: panel {p.get('title')!r} has a target without expr or refId")
+            for pid, n in ids.items():
+                if n > 1:
+                    rep.error(o, f"{key}: panel id {pid} is used {n} times")
+            if opts.inventory is not None:
+                import check_metrics
+                for where, expr in check_metrics.expressions_from_dashboard(dash):
+                    for p in check_metrics.check_expression(expr, opts.inventory):
+                        rep.error(o, f"{key}: {where}: {p}")
+
+
+def _container_ports(w: Obj) -> dict:
+    """Port name → number of a workload's containers."""
+    return {p.get("name"): p.get("containerPort")
+            for c in pod_spec(w).get("containers") or [] for p in c.get("ports") or []}
+
+
+def _ingress_admission(objs: list[Obj], w: Obj):
+    """What the NetworkPolicies selecting w's pods admit: None when none restricts ingress, else
+    a list of (namespaces or None for any, port numbers or None for all)."""
+    ports = _container_ports(w)
+    rules, restricted = [], False
+    for n in objs:
+        if n.kind != "NetworkPolicy" or not n.schema_ok or n.namespace != w.namespace:
+            continue
+        spec = n.doc["spec"]
+        if not selects(spec.get("podSelector") or {}, pod_labels(w)) and (spec.get("podSelector") or {}):
+            continue
+        if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+            continue
+        restricted = True
+        for r in spec.get("ingress") or []:
+            nss = None
+            if r.get("from"):
+                nss = set()
+                for peer in r["from"]:
+                    name = ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+                    if "namespaceSelector" in peer and name:
+                        nss.add(name)
+                    elif "namespaceSelector" in peer or "ipBlock" in peer:
+                        nss = None  # any namespace (or addresses): not narrower than "any"
+                        break
+                    else:
+                        nss.add(w.namespace)  # a podSelector alone: the policy's own namespace
+            nums = None
+            if r.get("ports"):
+                nums = set()
+                for p in r["ports"]:
+                    port = ports.get(p["port"]) if isinstance(p.get("port"), str) else p.get("port")
+                    if port is not None:
+                        nums |= set(range(port, p.get("endPort", port) + 1))
+            rules.append((nss, nums))
+    return rules if restricted else None
+
+
+def _ap_sources(rule: dict):
+    """Namespaces an AuthorizationPolicy rule admits, or None for any."""
+    if not rule.get("from"):
+        return None
+    out = set()
+    for f in rule["from"]:
+        s = f.get("source") or {}
+        if s.get("namespaces"):
+            out |= set(s["namespaces"])
+        elif s.get("principals"):
+            for p in s["principals"]:
+                m = re.fullmatch(r"[^/]+/ns/([^/*]+)/sa/[^/]+", p)
+                if not m:
+                    return None
+                out.add(m.group(1))
+        elif s.get("serviceAccounts"):
+            out |= {sa.split("/")[0] for sa in s["serviceAccounts"] if "/" in sa} or {None}
+        else:
+            return None
+    return out
+
+
+def _ap_ports(rule: dict):
+    """Ports an AuthorizationPolicy rule names, or None for every port."""
+    if not rule.get("to"):
+        return None
+    out = set()
+    for t in rule["to"]:
+        op = t.get("operation") or {}
+        if not op.get("ports"):
+            return None
+        out |= {int(p) for p in op["ports"] if str(p).isdigit()}
+    return out
+
+
+def check_istio(objs: list[Obj], rep: Report, ctx: dict):
+    pas = [o for o in objs if o.kind == "PeerAuthentication" and o.schema_ok]
+    aps = [o for o in objs if o.kind == "AuthorizationPolicy" and o.schema_ok]
+    if not pas and not aps:
+        return
+    workloads = [o for o in objs if o.kind in LONG_RUNNING and o.schema_ok]
+    namespaces = {w.namespace for w in workloads}
+    # Mutual TLS: STRICT namespace-wide, nothing weaker for any workload or port.
+    for ns in sorted(namespaces, key=str):
+        wide = [p for p in pas if p.namespace == ns and not (p.doc.get("spec") or {}).get("selector")]
+        if not any(((p.doc.get("spec") or {}).get("mtls") or {}).get("mode") == "STRICT" for p in wide):
+            rep.error(None, f"namespace {ns}: no namespace-wide PeerAuthentication with mtls.mode STRICT")
+    for p in pas:
+        spec = p.doc.get("spec") or {}
+        mode = (spec.get("mtls") or {}).get("mode")
+        if mode not in (None, "STRICT", "UNSET"):
+            rep.error(p, f"mtls.mode {mode} weakens mutual TLS (STRICT is required)")
+        for port, cfg in (spec.get("portLevelMtls") or {}).items():
+            if (cfg or {}).get("mode") not in ("STRICT", "UNSET", None):
+                rep.error(p, f"portLevelMtls {port}: mode {(cfg or {}).get('mode')} weakens mutual TLS")
+    # Sidecars: injected into the namespace, not into Jobs (a Job with a sidecar never completes).
+    injected = set()
+    for n in objs:
+        if n.kind == "Namespace":
+            if n.labels.get("istio-injection") == "enabled" or "istio.io/rev" in n.labels:
+                injected.add(n.name)
+            else:
+                rep.error(n, "mesh policies but no sidecar injection (label istio-injection: enabled or istio.io/rev)")
+    for j in objs:
+        if j.kind == "Job" and j.schema_ok and j.namespace in injected:
+            meta = ((j.doc.get("spec") or {}).get("template") or {}).get("metadata") or {}
+            if str({**(meta.get("annotations") or {}), **(meta.get("labels") or {})}.get("sidecar.istio.io/inject")) != "false":
+                rep.error(j, "would get an Istio sidecar, which keeps its pod running: the Job never completes "
+                             "(label the pod template sidecar.istio.io/inject: \"false\")")
+    # Ports that carry the services' own TLS: Istio sees opaque TCP there.
+    tls_ports = defaultdict(set)
+    for svc, (dep, env) in ctx["services"].items():
+        for cert, listen in TLS_LISTENERS:
+            val = env.value(listen) or ""
+            if env.has(cert) and val.rpartition(":")[2].isdigit():
+                tls_ports[dep.name].add(int(val.rpartition(":")[2]))
+    for s in objs:
+        if s.kind != "Service" or not s.schema_ok:
+            continue
+        for w in workloads:
+            if w.name not in tls_ports or not selects(s.doc["spec"].get("selector") or {}, pod_labels(w)):
+                continue
+            cports = _container_ports(w)
+            for p in s.doc["spec"].get("ports") or []:
+                target = p.get("targetPort", p.get("port"))
+                number = cports.get(target) if isinstance(target, str) else target
+                proto = p.get("appProtocol") or (p.get("name") or "").split("-")[0]
+                if number in tls_ports[w.name] and proto not in ("tls", "https"):
+                    rep.error(s, f"port {p.get('name')} carries {w.name}'s own TLS but Istio would treat it as "
+                                 f"{proto or 'unknown'} (its name); set appProtocol: tls")
+    # Authorization: deny unless allowed, and never more than the NetworkPolicies admit.
+    allows = [a for a in aps if (a.doc.get("spec") or {}).get("action", "ALLOW") == "ALLOW"]
+    for w in workloads:
+        mine = [a for a in allows if a.namespace == w.namespace and (
+            not (a.doc.get("spec") or {}).get("selector")
+            or selects((a.doc["spec"]["selector"] or {}), pod_labels(w)))]
+        if not mine:
+            rep.error(w, "no ALLOW AuthorizationPolicy applies to its pods: Istio lets every request through")
+            continue
+        admission = _ingress_admission(objs, w)
+        all_ports = set(_container_ports(w).values())
+        for a in mine:
+            for i, rule in enumerate((a.doc.get("spec") or {}).get("rules") or [], 1):
+                sources, ports = _ap_sources(rule), _ap_ports(rule)
+                http_fields = sorted({k for t in rule.get("to") or [] for k in (t.get("operation") or {})
+                                      if k in ("paths", "notPaths", "methods", "notMethods", "hosts", "notHosts")})
+                for port in sorted(ports if ports is not None else all_ports):
+                    if http_fields and port in tls_ports.get(w.name, ()):
+                        rep.error(a, f"rule {i}: HTTP conditions ({', '.join(http_fields)}) on port {port}, which "
+                                     f"carries {w.name}'s own TLS: Istio sees opaque TCP there and the rule never matches")
+                    if admission is None:
+                        continue
+                    admitted = [nss for nss, nums in admission if nums is None or port in nums]
+                    who = "any workload" if sources is None else "namespace(s) " + ", ".join(sorted(map(str, sources)))
+                    if not admitted:
+                        rep.error(a, f"rule {i} admits {who} to port {port} of {w.name}, which no NetworkPolicy admits")
+                    elif None not in admitted:
+                        allowed = set().union(*admitted)
+                        if sources is None or not sources <= allowed:
+                            rep.error(a, f"rule {i} admits {who} to port {port} of {w.name}, which its NetworkPolicy "
+                                         f"admits only from namespace(s) {', '.join(sorted(allowed))}")
+
+
+def check_service_monitors(objs: list[Obj], rep: Report):
+    services = [o for o in objs if o.kind == "Service" and o.schema_ok]
+    workloads = [o for o in objs if o.kind in LONG_RUNNING and o.schema_ok]
+    strict = {p.namespace for p in objs if p.kind == "PeerAuthentication" and p.schema_ok
+              and not (p.doc.get("spec") or {}).get("selector")
+              and ((p.doc.get("spec") or {}).get("mtls") or {}).get("mode") == "STRICT"}
+    for m in objs:
+        if m.kind != "ServiceMonitor" or not m.schema_ok:
+            continue
+        spec = m.doc["spec"]
+        selected = [s for s in services if s.namespace == m.namespace and selects(spec.get("selector") or {}, s.labels)]
+        if not selected:
+            rep.error(m, f"selector {spec.get('selector')} matches no Service in the manifests")
+            continue
+        endpoints = spec.get("endpoints") or []
+        names = {e.get("port") for e in endpoints}
+        for e in endpoints:
+            if e.get("port") and not any(e["port"] == p.get("name") for s in selected for p in s.doc["spec"].get("ports") or []):
+                rep.error(m, f"endpoint port {e['port']} is not a port of any selected Service")
+            if m.namespace in strict and e.get("scheme", "http") == "http":
+                rep.error(m, f"endpoint {e.get('port')}: plain HTTP, but STRICT mutual TLS refuses it; scrape with "
+                             "the mesh's certificates (scheme https and tlsConfig, as k8s/components/istio does)")
+        for s in selected:
+            used = [p for p in s.doc["spec"].get("ports") or [] if p.get("name") in names]
+            if not used:
+                rep.error(m, f"no endpoint scrapes Service/{s.name} (its ports: "
+                             f"{', '.join(p.get('name', '?') for p in s.doc['spec'].get('ports') or [])})")
+            for w in workloads:
+                if not selects(s.doc["spec"].get("selector") or {}, pod_labels(w)):
+                    continue
+                admission = _ingress_admission(objs, w)
+                cports = _container_ports(w)
+                for p in used:
+                    target = p.get("targetPort", p.get("port"))
+                    number = cports.get(target) if isinstance(target, str) else target
+                    if admission is not None and not any(
+                            (nums is None or number in nums) and (nss is None or PROMETHEUS_NAMESPACE in nss)
+                            for nss, nums in admission):
+                        rep.error(m, f"scrapes port {number} of {w.name}, but its NetworkPolicy does not admit "
+                                     f"namespace {PROMETHEUS_NAMESPACE} there")
+
+
+def _listed(entries: list, group: str, kind: str) -> bool:
+    import fnmatch
+    return any(fnmatch.fnmatchcase(group, e.get("group", "")) and fnmatch.fnmatchcase(kind, e.get("kind", ""))
+               for e in entries or [])
+
+
+def render_argocd_source(app: Obj, repo_root: Path, kustomize: str, work: Path) -> Path:
+    """Renders an Application's kustomize source the way Argo CD does: its path in a copy of the
+    repository's k8s/ tree, with the Application's kustomize components and patches added to that
+    kustomization (Argo CD runs `kustomize edit add component` and appends the patches)."""
+    import shutil
+    import subprocess
+    src = app.doc["spec"]["source"]
+    path = src.get("path", "").strip("/")
+    if not path.startswith("k8s/"):
+        raise ValueError(f"source.path {path!r} is not under k8s/")
+    root = work / f"argocd-{app.name}"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(repo_root / "k8s", root / "k8s")
+    kfile = root / path / "kustomization.yaml"
+    k = yaml.safe_load(kfile.read_text())
+    kz = src.get("kustomize") or {}
+    for c in kz.get("components") or []:
+        if not (root / path / c).is_dir():
+            raise ValueError(f"kustomize component {c} does not exist relative to {path}")
+        k.setdefault("components", []).append(c)
+    k.setdefault("patches", []).extend(kz.get("patches") or [])
+    if kz.get("namespace"):
+        k["namespace"] = kz["namespace"]
+    kfile.write_text(yaml.safe_dump(k, sort_keys=False))
+    out = work / f"argocd-{app.name}.yaml"
+    run = subprocess.run([kustomize, "build", str(root / path)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise ValueError(f"kustomize build of {path} failed: {_short(run.stderr)}")
+    out.write_text(run.stdout)
+    return out
+
+
+def check_argocd(objs: list[Obj], rep: Report, opts):
+    import tempfile
+    projects = {o.name: o for o in objs if o.kind == "AppProject" and o.schema_ok}
+    apps = [o for o in objs if o.kind == "Application" and o.schema_ok]
+    if not apps:
+        return
+    work = Path(tempfile.mkdtemp(prefix="argocd-"))
+    try:
+        for a in apps:
+            spec = a.doc["spec"]
+            p = projects.get(spec.get("project"))
+            if p is None:
+                rep.error(a, f"project {spec.get('project')} is not an AppProject in the manifests")
+                continue
+            pspec = p.doc["spec"]
+            src, dest = spec.get("source") or {}, spec.get("destination") or {}
+            if not any(r in ("*", src.get("repoURL")) for r in pspec.get("sourceRepos") or []):
+                rep.error(a, f"repoURL {src.get('repoURL')} is not in the sourceRepos of AppProject/{p.name}")
+
+            def allowed_ns(ns, server=dest.get("server")):
+                import fnmatch
+                return any(fnmatch.fnmatchcase(ns or "", d.get("namespace", "")) and
+                           fnmatch.fnmatchcase(server or "", d.get("server", "*"))
+                           for d in pspec.get("destinations") or [])
+            if not allowed_ns(dest.get("namespace")):
+                rep.error(a, f"destination {dest.get('server')} namespace {dest.get('namespace')} is not a "
+                             f"destination of AppProject/{p.name}")
+            if not (opts.kustomize and opts.repo_root):
+                continue
+            try:
+                rendered = load([str(render_argocd_source(a, opts.repo_root, opts.kustomize, work))])
+            except (ValueError, OSError) as e:
+                rep.error(a, f"cannot render its source: {e}")
+                continue
+            automated = ((spec.get("syncPolicy") or {}).get("automated") or {})
+            kz = src.get("kustomize") or {}
+            rep.notes.append(f"{a}: rendered {src.get('path')} as Argo CD would"
+                             + (f" (+ components {', '.join(kz['components'])})" if kz.get("components") else "")
+                             + (f" (+ {len(kz['patches'])} patch(es))" if kz.get("patches") else "")
+                             + f": {len(rendered)} objects, checked against AppProject/{p.name}")
+            for o in rendered:
+                group = o.api.rpartition("/")[0] if o.api else ""
+                if o.kind in CLUSTER_SCOPED:
+                    if not _listed(pspec.get("clusterResourceWhitelist"), group, o.kind):
+                        rep.error(a, f"renders {o} but AppProject/{p.name} does not admit the cluster-scoped "
+                                     f"kind {group or 'core'}/{o.kind} (clusterResourceWhitelist)")
+                    continue
+                wl, bl = pspec.get("namespaceResourceWhitelist"), pspec.get("namespaceResourceBlacklist")
+                if (wl is not None and not _listed(wl, group, o.kind)) or _listed(bl, group, o.kind):
+                    rep.error(a, f"renders {o} but AppProject/{p.name} does not admit the kind "
+                                 f"{group or 'core'}/{o.kind} (namespaceResourceWhitelist)")
+                # (Objects without a namespace go to the destination's, checked above.)
+                if o.namespace and not allowed_ns(o.namespace):
+                    rep.error(a, f"renders {o} into namespace {o.namespace}, which is not a destination of AppProject/{p.name}")
+                annotations = (o.doc.get("metadata") or {}).get("annotations") or {}
+                if (o.kind == "Job" and automated.get("selfHeal") and "argocd.argoproj.io/hook" not in annotations
+                        and "ttlSecondsAfterFinished" in (o.doc.get("spec") or {})):
+                    rep.error(a, f"renders {o} as a plain resource: self-heal re-creates it whenever its "
+                                 "ttlSecondsAfterFinished deletes it, and its immutable pod template fails the next "
+                                 "sync that changes it; make it an Argo CD hook (argocd.argoproj.io/hook)")
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def check_docs(rep: Report, ctx: dict, docs: Path):
     text = docs.read_text()
     for name in sorted(ctx["env_names"] | ctx["config_keys"]):
@@ -755,7 +1212,24 @@ def main() -> int:
     ap.add_argument("--namespace-agnostic", action="store_true")
     ap.add_argument("--label", default=None)
     ap.add_argument("--quiet", action="store_true", help="print errors and the summary only")
+    ap.add_argument("--crd-schemas", action="append", default=[], metavar="DIR",
+                    help="JSON Schemas converted from upstream CRDs (k8s/tools/crd_schemas.py); repeatable")
+    ap.add_argument("--metrics-inventory", metavar="SCRAPE",
+                    help="check alert and dashboard expressions against these metrics (check_metrics.py)")
+    ap.add_argument("--promtool", metavar="PATH", help="run `promtool check rules` on every PrometheusRule")
+    ap.add_argument("--operations", metavar="MD", help="docs/OPERATIONS.md: every alert's runbook_url anchor must be a heading")
+    ap.add_argument("--kustomize", metavar="PATH", help="render Argo CD Applications' sources with this kustomize")
+    ap.add_argument("--repo-root", metavar="DIR", help="the repository the Applications' source paths are in")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    args.operations = Path(args.operations) if args.operations else None
+    args.repo_root = Path(args.repo_root) if args.repo_root else None
+    args.inventory = None
+    if args.metrics_inventory:
+        import check_metrics
+        args.inventory = check_metrics.Inventory()
+        args.inventory.add_scrape(Path(args.metrics_inventory).read_text(), args.metrics_inventory)
+    crd_dirs = tuple(Path(d) for d in args.crd_schemas)
 
     rep = Report()
     try:
@@ -767,10 +1241,11 @@ def main() -> int:
         print("ERROR manifests: no objects")
         return 1
     for o in objs:
-        check_schema(o, args.k8s_version, Path(args.schemas), rep)
+        check_schema(o, args.k8s_version, Path(args.schemas), rep, crd_dirs)
     ctx = {"secrets": defaultdict(set), "env_names": set(), "config_keys": set(), "services": {}}
     for o in objs:
-        if o.kind == "ConfigMap" and o.schema_ok:
+        # Settings files, not dashboards (the Grafana sidecar's ConfigMaps hold JSON files).
+        if o.kind == "ConfigMap" and o.schema_ok and o.labels.get("grafana_dashboard") != "1":
             ctx["config_keys"] |= set((o.doc.get("data") or {}).keys())
     check_general(objs, rep, args.namespace_agnostic)
     check_workloads(objs, rep, ctx)
@@ -778,6 +1253,11 @@ def main() -> int:
     hpa = check_autoscaling(objs, rep)
     check_network_policies(objs, rep)
     check_kafka(objs, rep, ctx, hpa)
+    check_prometheus_rules(objs, rep, args)
+    check_dashboards(objs, rep, args)
+    check_service_monitors(objs, rep)
+    check_istio(objs, rep, ctx)
+    check_argocd(objs, rep, args)
     if args.docs:
         check_docs(rep, ctx, Path(args.docs))
 
@@ -786,6 +1266,8 @@ def main() -> int:
         for o in sorted(objs, key=lambda o: (str(o.kind), str(o.name))):
             status = "ok " if o.schema_ok else "BAD"
             print(f"  {status} {str(o):58s} {o.validator}")
+        for note in rep.notes:
+            print(f"  {note}")
         if ctx["secrets"]:
             print("  Secrets it expects to exist (created out of band, see docs/DEPLOYMENT.md):")
             for name in sorted(ctx["secrets"], key=str):
@@ -795,9 +1277,10 @@ def main() -> int:
     kinds = Counter(o.kind for o in objs)
     builtin = sum(1 for o in objs if o.validator.startswith("kubernetes-validate"))
     custom = sum(1 for o in objs if o.validator.startswith(Path(args.schemas).name))
+    upstream = sum(1 for o in objs if o.validator.startswith("upstream CRD"))
     verdict = "FAILED" if rep.errors else "valid"
     print(f"{label}: {len(objs)} objects {verdict} — {builtin} against Kubernetes {args.k8s_version} "
-          f"(kubernetes-validate --strict), {custom} against k8s/schemas, "
+          f"(kubernetes-validate --strict), {custom} against k8s/schemas, {upstream} against upstream CRDs, "
           f"{len(rep.errors)} error(s); kinds: {', '.join(f'{k} {n}' for k, n in sorted(kinds.items(), key=lambda kv: str(kv[0])))}")
     return 1 if rep.errors else 0
 

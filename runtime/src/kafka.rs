@@ -109,13 +109,16 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        // How far this member is behind each of its partitions (librdkafka: -1 until known).
+        // How far this member is behind each of its partitions (librdkafka: -1 until known); 0
+        // for a partition it no longer consumes, so a partition that moved to another member
+        // does not keep its last lag here.
         for topic in statistics.topics.values() {
-            for p in topic.partitions.values() {
-                if p.partition >= 0 && p.desired && p.consumer_lag >= 0 {
+            for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+                let lag = if p.desired { p.consumer_lag } else { 0 };
+                if lag >= 0 {
                     metrics::gauge!("kafka_consumer_lag", "topic" => topic.topic.clone(),
                         "partition" => p.partition.to_string())
-                    .set(p.consumer_lag as f64);
+                    .set(lag as f64);
                 }
             }
         }
