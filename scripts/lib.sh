@@ -128,6 +128,14 @@ stop_broker() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# PyYAML for python3: k8s/tools/check_metrics.py reads the alert rules (an end-to-end test runs it).
+ensure_python_yaml() {
+    python3 -c 'import yaml' 2>/dev/null && return 0
+    log "installing PyYAML for python3 (pip --user)"
+    python3 -m pip install --quiet --user --disable-pip-version-check pyyaml ||
+        die "could not install PyYAML for python3"
+}
+
 # Headless Chromium and its WebDriver, for the dashboard's browser tests.
 ensure_browser() {
     command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0

@@ -19,6 +19,7 @@ trap cleanup EXIT
 
 ensure_build_tools
 ensure_nextest
+ensure_python_yaml
 ensure_browser
 ensure_postgres
 drop_test_databases

@@ -184,6 +184,16 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let max_batch = subscription.max_batch();
+    // Every series exists from the start, at 0 (a counter first seen at 1 hides its first event
+    // from rate() and increase()).
+    for topic in subscription.topics() {
+        for outcome in ["handled", "dead_lettered"] {
+            metrics::counter!("consumer_messages_total", "topic" => topic.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!("consumer_dead_lettered_total", "topic" => topic.clone()).increment(0);
+        metrics::counter!("consumer_errors_total", "topic" => topic.clone()).increment(0);
+    }
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,

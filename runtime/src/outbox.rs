@@ -613,6 +613,8 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.settings.poll_interval_ms.max(1));
         let mut pipeline = Pipeline::new(&self.settings);
+        metrics::counter!("outbox_published_total").increment(0);
+        metrics::counter!("outbox_publish_failures_total").increment(0);
         let mut listener = self.listen().await;
         let mut session: Option<Session> = None;
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();

@@ -79,6 +79,13 @@ fn export_enabled() -> bool {
 /// more than once in a process: later calls keep the first set-up and return a no-op guard.
 pub fn init(service: &'static str, format: LogFormat) -> Telemetry {
     crate::http::metrics(); // count from the start, spans dropped included
+    for name in [
+        "otel_spans_exported_total",
+        "otel_spans_dropped_total",
+        "otel_span_export_failures_total",
+    ] {
+        metrics::counter!(name).increment(0); // every series exists from the start, at 0
+    }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut builder = SdkTracerProvider::builder();
     if !env_set("OTEL_SERVICE_NAME") {

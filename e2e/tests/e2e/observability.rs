@@ -396,3 +396,62 @@ async fn health_is_live_and_readiness_checks_database_and_broker() {
     let _ = task.await;
     stack.stop().await;
 }
+
+/// The alerts and the Grafana dashboard (`k8s/components/monitoring`) name only metrics, labels
+/// and label values the services really export: `k8s/tools/check_metrics.py` checks every PromQL
+/// expression in them against scrapes of the three running services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_the_dashboard_use_only_metrics_the_services_export() {
+    let receiver = Receiver::start().await;
+    let mut stack = start_processes(Some(&receiver.endpoint), &[]).await;
+    // A completed saga and one compensated by a business rule: step histograms of both outcomes.
+    register(&stack.client, "alert.ann@example.com", "Alert Ann").await;
+    register(&stack.client, "alert.bob@example.com", "alert ann").await;
+    // Consumer lag comes from librdkafka's statistics, every 5 s: wait until every service has it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let scrapes = loop {
+        let mut texts = Vec::new();
+        for url in &stack.http_urls {
+            let text = reqwest::get(format!("{url}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            texts.push(text);
+        }
+        if texts.iter().all(|t| t.contains("kafka_consumer_lag{")) {
+            break texts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kafka_consumer_lag in every scrape"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let dir = std::env::temp_dir().join(saga_runtime::testing::unique("scrapes-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(format!("{root}/k8s/tools/check_metrics.py"));
+    for (i, text) in scrapes.iter().enumerate() {
+        let path = dir.join(format!("service-{i}.prom"));
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--scrape").arg(path);
+    }
+    cmd.arg(format!("{root}/k8s/components/monitoring/prometheusrule.yaml"))
+        .arg(format!(
+            "{root}/k8s/components/monitoring/dashboards/saga-coordinator.json"
+        ));
+    let out = cmd.output().expect("python3 runs k8s/tools/check_metrics.py");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in &mut stack.all {
+        p.terminate();
+    }
+}

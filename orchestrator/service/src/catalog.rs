@@ -83,6 +83,11 @@ impl Catalog {
     }
 
     /// Saga type names, sorted.
+    /// Every definition, every version.
+    pub fn definitions(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
+        self.versions.values()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.latest.keys().map(String::as_str).collect();
         names.sort_unstable();

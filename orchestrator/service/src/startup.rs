@@ -117,6 +117,7 @@ impl Application {
         topics.push(kafka.dead_letter_topic(&settings.replies.topic));
         kafka.ensure_topics_or_warn(&topics).await;
 
+        crate::coordinator::metrics::register(&catalog);
         let routing = Routing {
             topic_prefix: kafka.topic_prefix.clone(),
             reply_topic: kafka.topic(&settings.replies.topic),

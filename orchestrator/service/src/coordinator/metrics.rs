@@ -5,6 +5,47 @@
 use chrono::{DateTime, Utc};
 use saga_engine::{Decision, Event, Phase, SagaDefinition};
 
+use crate::catalog::Catalog;
+
+/// Creates every saga counter (and the `sagas_by_state` gauges) at 0 for the catalog's saga types,
+/// steps and phases, so each series exists from the start: a counter first seen at 1 hides its
+/// first event from `rate()` and `increase()`, and dashboards and alerts find every series.
+pub fn register(catalog: &Catalog) {
+    for def in catalog.definitions() {
+        let t = def.name.clone();
+        metrics::counter!("saga_started_total", "saga_type" => t.clone()).increment(0);
+        metrics::counter!("saga_compensations_total", "saga_type" => t.clone()).increment(0);
+        metrics::counter!("saga_replies_ignored_total", "saga_type" => t.clone()).increment(0);
+        for state in ["completed", "compensated", "failed"] {
+            metrics::counter!("saga_finished_total", "saga_type" => t.clone(), "state" => state).increment(0);
+        }
+        for state in ["running", "compensating", "failed"] {
+            metrics::gauge!("sagas_by_state", "saga_type" => t.clone(), "state" => state).increment(0.0);
+        }
+        for action in ["saga_aborted", "compensation_replayed", "step_retried"] {
+            metrics::counter!("saga_operator_actions_total", "saga_type" => t.clone(), "action" => action)
+                .increment(0);
+        }
+        for step in &def.steps {
+            let phases: &[Phase] = if step.compensation.is_some() {
+                &[Phase::Action, Phase::Compensation]
+            } else {
+                &[Phase::Action]
+            };
+            for phase in phases {
+                for name in ["saga_deadlines_missed_total", "saga_attempts_failed_total"] {
+                    metrics::counter!(name, "saga_type" => t.clone(), "step" => step.name.clone(),
+                        "phase" => phase.as_str())
+                    .increment(0);
+                }
+            }
+        }
+    }
+    for state in ["running", "compensating"] {
+        metrics::gauge!("saga_oldest_in_state_seconds", "state" => state).increment(0.0);
+    }
+}
+
 /// Saga metrics, derived from a committed decision's events.
 pub(super) fn observe(def: &SagaDefinition, decision: &Decision, now: DateTime<Utc>) {
     let saga = &decision.saga;

@@ -8,7 +8,7 @@
 //! - [`timers`]: deadlines and retries, woken by the timer loop.
 //! - [`metrics`]: saga metrics, derived from each committed decision's events.
 
-mod metrics;
+pub mod metrics;
 pub mod operator;
 pub mod replies;
 mod start;
