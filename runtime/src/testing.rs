@@ -402,6 +402,15 @@ impl KafkaBroker {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            // The test failed: what the broker said is part of the story (shown by the runner).
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- the test's Kafka broker, last lines of its log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
