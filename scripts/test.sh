@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
 # Apache Kafka, headless Chromium, cargo-nextest), then runs formatting, lints and every test against
-# the real services, then the load benchmark's short smoke run and the offline Kubernetes manifest
-# checks.
+# the real services, then the load benchmark's and the chaos harness's short runs and the offline
+# Kubernetes manifest checks.
 # Dashboard screenshots land in target/dashboard-screenshots/.
 #
 #   scripts/test.sh            # everything CI runs
@@ -44,6 +44,10 @@ if [ "${#extra[@]}" -eq 0 ]; then
     # under a little mixed load, every saga terminal and the databases consistent. No timings.
     log "load benchmark smoke: scripts/bench.sh --short"
     scripts/bench.sh --short
+    # The chaos harness in its short mode: every fault kind for 15 s; it fails on any saga lost,
+    # applied twice, unfinished or given up, and on any drift between the databases.
+    log "chaos harness, short: scripts/chaos.sh --short"
+    scripts/chaos.sh --short
     log "Kubernetes manifests: scripts/k8s-validate.sh"
     scripts/k8s-validate.sh -q
 fi

@@ -75,7 +75,7 @@ _DB = {"url": None, "max_connections": None, "acquire_timeout_ms": None, "create
 _KAFKA = {
     "brokers": None, "topic_prefix": None, "create_topics": None, "partitions": None,
     "replication": None, "max_batch": None, "client": "*", "consumer": "*", "producer": "*",
-    "unready_after_ms": None,
+    "unready_after_ms": None, "instance_id": None,
     "security": {"protocol": None, "sasl_mechanism": None, "username": None, "password": None,
                  "ca_file": None},
 }

@@ -194,9 +194,16 @@ pub async fn run<H: Handler>(
         metrics::counter!("consumer_dead_lettered_total", "topic" => topic.clone()).increment(0);
         metrics::counter!("consumer_errors_total", "topic" => topic.clone()).increment(0);
     }
+    // A consumer that failed fatally receives nothing, not even an error: look every second.
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                subscription.recover();
+                continue;
+            }
             m = subscription.consumer().recv() => m,
         };
         let first = match received {

@@ -111,8 +111,10 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()
             .await
         {
             Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another process created it between our check and our CREATE.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another process created it between our check and our CREATE: `duplicate_database`,
+            // or, when both CREATEs run at once, a unique violation on the catalog's index (seen
+            // with two orchestrator replicas starting together).
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(DbError::Connect(e)),
         }
     }

@@ -85,16 +85,15 @@ fn log_client_error(error: &KafkaError, reason: &str) {
 /// reports to a health [`Check`] whether the member can fetch: librdkafka's periodic statistics
 /// say whether the group coordinator is up; its error callback says when a connection failed.
 pub struct GroupContext {
-    assigned: watch::Sender<usize>,
+    /// Shared with the consumers that replace this one (see [`Subscription::recover`]), so a
+    /// watcher keeps following the member's assignment.
+    assigned: Arc<watch::Sender<usize>>,
     health: Check,
 }
 
 impl GroupContext {
-    fn new(health: Check) -> Self {
-        Self {
-            assigned: watch::Sender::new(0),
-            health,
-        }
+    fn new(health: Check, assigned: Arc<watch::Sender<usize>>) -> Self {
+        Self { assigned, health }
     }
 
     /// Partitions assigned right now; changes on every rebalance.
@@ -188,6 +187,11 @@ pub struct KafkaSettings {
     /// `/readyz` turns unready when the relay cannot publish, or a consumer cannot fetch, for
     /// this long.
     pub unready_after_ms: u64,
+    /// Static group membership (`group.instance.id`): a name unique to this replica that
+    /// survives its restarts — in Kubernetes the pod's name (`POD_NAME`). A replica that restarts
+    /// (SIGKILL, OOM kill) then takes its partitions back at once instead of waiting for the group
+    /// to notice it died and rebalance. Two running replicas must never share one.
+    pub instance_id: Option<String>,
 }
 
 /// `security.protocol`: plain text stays the local default; production uses `sasl_ssl`.
@@ -363,6 +367,7 @@ impl Default for KafkaSettings {
             producer: BTreeMap::new(),
             security: KafkaSecurity::default(),
             unready_after_ms: 15_000,
+            instance_id: None,
         }
     }
 }
@@ -435,21 +440,43 @@ impl KafkaSettings {
     /// message (`enable.auto.offset.store=false`); stored offsets are committed in the background.
     /// It reports to `health` whether it can fetch.
     pub fn consumer(&self, group: &str, health: Check) -> Result<GroupConsumer, KafkaError> {
-        self.config(
-            &[
-                ("group.id", group),
-                ("enable.auto.commit", "true"),
-                ("auto.commit.interval.ms", "500"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                ("enable.partition.eof", "false"),
-                // How often the group's state reaches the health check.
-                ("statistics.interval.ms", "5000"),
-            ],
-            &self.consumer,
-        )
-        .create_with_context(GroupContext::new(health))
+        self.consumer_with(group, health, Arc::new(watch::Sender::new(0)))
+    }
+
+    fn consumer_with(
+        &self,
+        group: &str,
+        health: Check,
+        assigned: Arc<watch::Sender<usize>>,
+    ) -> Result<GroupConsumer, KafkaError> {
+        let mut defaults = vec![
+            ("group.id", group),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "500"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            // How often the group's state reaches the health check.
+            ("statistics.interval.ms", "5000"),
+        ];
+        // The classic protocol's session is the client's to set; under Kafka 4's consumer
+        // protocol (`group.protocol=consumer`) the broker owns it, and setting it is an error.
+        if !self.uses_consumer_protocol() {
+            defaults.push(("session.timeout.ms", "10000"));
+        }
+        if let Some(id) = self.instance_id.as_deref().filter(|id| !id.is_empty()) {
+            defaults.push(("group.instance.id", id));
+        }
+        self.config(&defaults, &self.consumer)
+            .create_with_context(GroupContext::new(health, assigned))
+    }
+
+    /// Whether consumers use Kafka 4's consumer group protocol (KIP-848).
+    fn uses_consumer_protocol(&self) -> bool {
+        self.client
+            .iter()
+            .chain(&self.consumer)
+            .any(|(k, v)| k.replace('_', ".") == "group.protocol" && v.eq_ignore_ascii_case("consumer"))
     }
 
     /// A consumer of `group` subscribed to `topics` (deployed names), reporting to `health`.
@@ -464,9 +491,11 @@ impl KafkaSettings {
         consumer.subscribe(&names)?;
         Ok(Subscription {
             consumer,
+            group: group.to_owned(),
             topics: topics.to_vec(),
             settings: self.clone(),
             last_repair: None,
+            last_rebuild: None,
         })
     }
 
@@ -625,9 +654,11 @@ impl Producer {
 /// instead of at the next metadata refresh.
 pub struct Subscription {
     consumer: GroupConsumer,
+    group: String,
     topics: Vec<String>,
     settings: KafkaSettings,
     last_repair: Option<Instant>,
+    last_rebuild: Option<Instant>,
 }
 
 impl Subscription {
@@ -670,6 +701,47 @@ impl Subscription {
             tracing::warn!(error = %e, "could not subscribe again");
         }
         true
+    }
+
+    /// Replaces a consumer librdkafka declared fatally failed — e.g. a static member told its
+    /// instance id is still held by its predecessor (`UNRELEASED_INSTANCE_ID`, Kafka 4's group
+    /// protocol) or fenced by a replica sharing the id (`FENCED_INSTANCE_ID`) — with a new one
+    /// subscribed to the same topics, at most every few seconds. Without this, a fatal consumer
+    /// receives nothing for ever. True if it replaced it.
+    pub fn recover(&mut self) -> bool {
+        let Some((code, reason)) = self.consumer.client().fatal_error() else {
+            return false;
+        };
+        let health = self.consumer.context().health.clone();
+        health.failing(format_args!("the consumer failed fatally: {reason}"));
+        if self.last_rebuild.is_some_and(|t| t.elapsed() < REPAIR_GAP) {
+            return false;
+        }
+        self.last_rebuild = Some(Instant::now());
+        let assigned = self.consumer.context().assigned.clone();
+        assigned.send_replace(0);
+        let fresh = self
+            .settings
+            .consumer_with(&self.group, health, assigned)
+            .and_then(|c| {
+                let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+                c.subscribe(&names).map(|()| c)
+            });
+        match fresh {
+            Ok(consumer) => {
+                tracing::warn!(?code, %reason, "the Kafka consumer failed fatally; replaced it with a new one");
+                // The failed one cannot commit or leave its group: drop it off the async threads.
+                let failed = std::mem::replace(&mut self.consumer, consumer);
+                let _ = std::thread::Builder::new()
+                    .name("kafka-consumer-drop".into())
+                    .spawn(move || drop(failed));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ?code, %reason, "the Kafka consumer failed fatally and cannot be rebuilt");
+                false
+            }
+        }
     }
 
     /// The consumer received a message: it can fetch.

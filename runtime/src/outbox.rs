@@ -172,6 +172,9 @@ struct Row {
     created_at: DateTime<Utc>,
 }
 
+/// The `application_name` of a relay's lane-holding session.
+pub const SESSION_NAME: &str = "saga-outbox-relay";
+
 /// Key space of the lane locks: `pg_try_advisory_lock(LOCK_SPACE, lane)`.
 const LOCK_SPACE: i32 = 0x0b0c_5a6a;
 
@@ -197,7 +200,13 @@ struct Session {
 
 impl Session {
     async fn open(pool: &PgPool) -> sqlx::Result<Self> {
-        let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+        // Named, so operators (and tests) can tell the lane-holding session in pg_stat_activity.
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name(SESSION_NAME);
+        let mut conn = PgConnection::connect_with(&options).await?;
         // This session only reads rows and deletes published ones. A delete lost in a crash
         // means the row is published again — which at-least-once delivery (with the message id
         // to spot repeats) already allows — so its commit need not wait for the WAL flush. At

@@ -80,6 +80,7 @@ pub fn kafka_settings_for(brokers: &str) -> KafkaSettings {
         producer: BTreeMap::new(),
         security: crate::kafka::KafkaSecurity::default(),
         unready_after_ms: 15_000,
+        instance_id: None,
     }
 }
 

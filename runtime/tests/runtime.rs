@@ -148,6 +148,91 @@ async fn two_relays_at_once_keep_per_key_order_and_lose_nothing() {
     assert_eq!(outbox_rows(&pool).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key_in_order() {
+    let (pool, _) = fresh_database(&MIGRATOR).await;
+    let kafka = kafka_settings();
+    let topic = kafka.topic("terminated");
+    let reader = TopicReader::new(&kafka, &topic).await;
+    let settings = RelaySettings {
+        poll_interval_ms: 50,
+        batch_size: 7,
+        ..RelaySettings::default()
+    };
+    let stop = CancellationToken::new();
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                Relay::new(pool.clone(), kafka.producer().unwrap(), settings.clone()).run(stop.clone()),
+            )
+        })
+        .collect();
+    let (keys, per_key) = (4, 60);
+    // Rows keep coming while the relays' lane-holding sessions are cut, again and again: each
+    // time the lanes go to whichever relay claims them next.
+    let writer = {
+        let (pool, topic) = (pool.clone(), topic.clone());
+        tokio::spawn(async move {
+            for seq in 0..per_key {
+                let batch: Vec<_> = (0..keys)
+                    .map(|k| message(&topic, &format!("k{k}"), &format!("k{k}:{seq}")))
+                    .collect();
+                write(&pool, &batch).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut cut = 0;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cut += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()) AS t",
+        )
+        .bind(outbox::SESSION_NAME)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    }
+    writer.await.unwrap();
+    assert!(cut >= 4, "relay sessions were cut {cut} times");
+
+    // Every row arrives; a row may arrive again (at-least-once), but never before a row written
+    // ahead of it under the same key has arrived once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut first: HashMap<String, Vec<usize>> = HashMap::new();
+    while first.values().map(Vec::len).sum::<usize>() < keys * per_key {
+        assert!(std::time::Instant::now() < deadline, "rows missing: {first:?}");
+        let Some(r) = reader.next(Duration::from_secs(5)).await else {
+            continue;
+        };
+        let body = String::from_utf8(r.payload.clone()).unwrap();
+        let (k, seq) = body.split_once(':').unwrap();
+        let seq: usize = seq.parse().unwrap();
+        let seen = first.entry(k.to_owned()).or_default();
+        if seen.contains(&seq) {
+            continue; // a repeat of something already delivered
+        }
+        assert_eq!(
+            seq,
+            seen.len(),
+            "key {k}: row {seq} arrived before row {}",
+            seen.len()
+        );
+        seen.push(seq);
+    }
+    // And every published row is deleted in the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while outbox_rows(&pool).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    for r in relays {
+        r.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_relay_takes_over_the_lanes_of_one_that_stopped() {
     let (pool, _) = fresh_database(&MIGRATOR).await;

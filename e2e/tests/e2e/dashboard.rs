@@ -166,8 +166,8 @@ async fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
-    let stack = Stack::start().await;
-    let base = &stack.http_url;
+    let mut stack = Stack::start().await;
+    let base = &stack.http_url.clone();
     let done = stack.register("api@example.com", "Api").await;
     let view = stack.finish_one(&done).await;
     assert_eq!(view.state, SagaState::Completed as i32);
@@ -322,6 +322,31 @@ async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
     assert_eq!(
         d["actions"]["abort"]["why"],
         "only a running saga can be aborted; this one is completed"
+    );
+    assert!(
+        d["steps"][0]["action"].get("gives_up_at").is_none(),
+        "a finished phase has no budget left to show"
+    );
+    // A step waiting for its participant says when its time budget (5 minutes) runs out.
+    stack.stop_posts().await;
+    let waiting = stack.register("api.waiting@example.com", "Api Waiting").await;
+    stack
+        .wait_event(&waiting, "CreateAuthor dispatched", |e| {
+            e.kind == "command_dispatched" && e.data_json.contains("CreateAuthor")
+        })
+        .await;
+    let (_, w) = get(&format!("{base}/api/sagas/{waiting}"), None).await;
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let author = &w["steps"][1]["action"];
+    assert_eq!(
+        at(&author["gives_up_at"]) - at(&author["started_at"]),
+        chrono::TimeDelta::minutes(5),
+        "{author}"
+    );
+    stack.start_posts().await;
+    assert_eq!(
+        stack.finish_one(&waiting).await.state,
+        SagaState::Completed as i32
     );
     assert_eq!(get(&format!("{base}/api/sagas/nope"), None).await.0, 400);
     let missing = uuid::Uuid::now_v7();

@@ -6,6 +6,7 @@ mod broker;
 mod consistency;
 mod dashboard;
 mod failures;
+mod faults;
 mod observability;
 mod paths;
 mod processes;

@@ -366,6 +366,13 @@ async fn detail(
                 let mut v = serde_json::to_value(record).unwrap_or_default();
                 v["command_type"] = json!(command.unwrap_or_default());
                 v["sent"] = sent.get(&(i as u64, phase.to_owned())).cloned().unwrap_or(Value::Null);
+                // While it is retrying, when the phase's time budget runs out.
+                let policy = step.map(|s| if phase == "action" { &s.retry } else { &s.compensation_retry });
+                if record.status.is_active()
+                    && let Some(at) = policy.zip(record.budget_start()).and_then(|(p, start)| p.give_up_after(start))
+                {
+                    v["gives_up_at"] = json!(at);
+                }
                 v
             };
             json!({

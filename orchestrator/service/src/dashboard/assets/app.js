@@ -44,6 +44,16 @@ function when(t) {
   return isNaN(d) ? String(t) : d.toLocaleString(undefined, { hour12: false }) + '.' + String(d.getMilliseconds()).padStart(3, '0');
 }
 
+// "4 min 12 s" from now until t ("now" once it has passed).
+function timeLeft(t) {
+  const ms = new Date(t) - Date.now();
+  if (isNaN(ms)) return '';
+  if (ms <= 0) return 'now';
+  const s = Math.round(ms / 1000);
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  return [h && `${h} h`, m && `${m} min`, (sec || !(h || m)) && `${sec} s`].filter(Boolean).join(' ');
+}
+
 function badge(state) {
   return h('span', { class: 'badge ' + state }, String(state).replace('_', ' '));
 }
@@ -347,6 +357,7 @@ function phaseCell(p, kind) {
   if (p.finished_at) lines.push('finished ' + when(p.finished_at));
   if (p.deadline) lines.push('deadline ' + when(p.deadline));
   if (p.retry_at) lines.push('next attempt ' + when(p.retry_at));
+  if (p.gives_up_at) lines.push(`gives up in ${timeLeft(p.gives_up_at)} (${when(p.gives_up_at)}) unless answered`);
   return h('td', { class: 'phase', 'data-phase': kind },
     h('div', {}, h('strong', {}, p.command_type), ' ', badge(p.status), p.attempt ? ` attempt ${p.attempt}` : ''),
     lines.map((l) => h('div', { class: 'line' }, l)),

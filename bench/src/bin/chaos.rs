@@ -1,0 +1,846 @@
+//! The chaos harness (run it with `scripts/chaos.sh`): runs a stack of its own — two orchestrator
+//! replicas, the user service and the post service as processes, an Apache Kafka broker, a
+//! PostgreSQL cluster the harness may stop — drives a mixed workload through the gRPC API, and
+//! while it runs injects one kind of fault per phase:
+//!
+//! - `kill`: SIGKILL of a random service every 3–8 s (a supervisor restarts it after 1 s, as a
+//!   Kubernetes Deployment would);
+//! - `term`: SIGTERM of a random service every 8–12 s (a rolling deploy);
+//! - `postgres`: the database server stopped (fast) and started again after 5 s;
+//! - `broker`: the Kafka broker SIGKILLed and started again after 5 s, its log kept.
+//!
+//! Then it waits for quiet and reports, per phase, what became of every saga the API accepted:
+//! completed, compensated by a business rule (as the workload intended), compensated or parked
+//! because a step gave up (timeouts: the target is none), otherwise parked, with an unexpected
+//! outcome, unfinished, or lost (accepted but absent); and the consistency audit of the three
+//! databases, whose post-count checks are what "applied twice" means here. It exits non-zero on
+//! any of lost, applied twice, unfinished, timed out, unexpected, or drift. The fault schedule
+//! and the workload come from `--seed`, so a failing run can be replayed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use saga_bench::audit::{Databases, audit};
+use saga_proto::v1::StartSagaRequest;
+use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+#[derive(Parser, Clone)]
+#[command(about = "Inject faults into a running saga coordinator and report what became of every saga")]
+struct Args {
+    /// Where the service binaries (orchestrator, user-service, post-service) are.
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// scripts/kafka.sh, to run the broker.
+    #[arg(long)]
+    kafka_script: PathBuf,
+    /// For logs, the broker's log directory and the report.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// The PostgreSQL server the harness owns (no database name).
+    #[arg(long)]
+    database: String,
+    /// The command that controls that server; `stop` and `start` are appended.
+    #[arg(long)]
+    pg_ctl: String,
+    #[arg(long, default_value_t = 39092)]
+    broker_port: u16,
+    /// Sagas started per second.
+    #[arg(long, default_value_t = 30.0)]
+    rate: f64,
+    /// Seconds of each fault phase.
+    #[arg(long, default_value_t = 90)]
+    phase_secs: u64,
+    /// Replays a run: the fault schedule and the workload follow from it (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run only these faults (default: all, in order).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Fault>,
+    /// How long every saga may take to end after the last fault.
+    #[arg(long, default_value_t = 60)]
+    quiet_secs: u64,
+    /// More environment for every service (`KEY=VALUE`, repeatable), e.g. client settings to
+    /// compare (`APP_KAFKA__CONSUMER__GROUP_PROTOCOL=consumer`).
+    #[arg(long = "env", value_parser = parse_env)]
+    extra_env: Vec<(String, String)>,
+    /// Run the services without static group membership (`APP_KAFKA__INSTANCE_ID`), to compare.
+    #[arg(long)]
+    no_static_membership: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Fault {
+    Kill,
+    Term,
+    Postgres,
+    Broker,
+}
+
+impl Fault {
+    fn describe(self) -> &'static str {
+        match self {
+            Fault::Kill => "SIGKILL of a random service every 3-8 s",
+            Fault::Term => "SIGTERM of a random service every 8-12 s",
+            Fault::Postgres => "PostgreSQL stopped (fast) and restarted",
+            Fault::Broker => "Kafka broker SIGKILLed and restarted, log kept",
+        }
+    }
+}
+
+/// SplitMix64: a small seeded generator, so a run can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    fn pick(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A service process the harness runs, restarts and kills.
+struct Service {
+    name: &'static str,
+    binary: &'static str,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Restart after it exits (off while the harness stops it on purpose).
+    supervised: bool,
+    restarts: u32,
+}
+
+impl Service {
+    fn start(&mut self, bin_dir: &std::path::Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin_dir.join(self.binary))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// True if it was running and has exited now.
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The expected end of a request of the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Completed,
+    /// Refused by a business rule, so compensated.
+    Refused,
+}
+
+/// One accepted saga.
+struct Started {
+    id: Uuid,
+    phase: usize,
+    expect: Expect,
+}
+
+/// What the harness shares with its tasks.
+struct Shared {
+    services: Mutex<Vec<Service>>,
+    started: Mutex<Vec<Started>>,
+    /// Requests the API refused for good (after retrying on both replicas).
+    not_accepted: Mutex<BTreeMap<usize, u64>>,
+    phase: std::sync::atomic::AtomicUsize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| Uuid::now_v7().as_u64_pair().1);
+    let faults: Vec<Fault> = if args.only.is_empty() {
+        vec![Fault::Kill, Fault::Term, Fault::Postgres, Fault::Broker]
+    } else {
+        args.only.clone()
+    };
+    println!(
+        "chaos: seed {seed}; {} sagas/s; {} s per phase: {}",
+        args.rate,
+        args.phase_secs,
+        faults
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::fs::create_dir_all(&args.work_dir)?;
+
+    // Fresh databases on the harness's own server.
+    let admin = PgPool::connect(&format!("{}/postgres", args.database)).await?;
+    for db in ["chaos_orchestrator", "chaos_users", "chaos_posts"] {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+
+    // The broker, with its log in the work directory (kept across its restarts).
+    let broker_dir = args.work_dir.join("kafka");
+    let mut broker = start_broker(&args, &broker_dir, 1).await?;
+    let brokers = format!("127.0.0.1:{}", args.broker_port);
+
+    let shared = Arc::new(Shared {
+        services: Mutex::new(services(&args, &brokers)),
+        started: Mutex::new(Vec::new()),
+        not_accepted: Mutex::new(BTreeMap::new()),
+        phase: std::sync::atomic::AtomicUsize::new(0),
+    });
+    for s in lock(&shared.services).iter_mut() {
+        s.start(&args.bin_dir)?;
+    }
+    let stop = CancellationToken::new();
+    let supervisor = tokio::spawn(supervise(shared.clone(), args.bin_dir.clone(), stop.clone()));
+
+    let endpoints: Vec<Channel> = [50161, 50162]
+        .iter()
+        .map(|p| Endpoint::from_shared(format!("http://127.0.0.1:{p}")).map(|e| e.connect_lazy()))
+        .collect::<Result<_, _>>()?;
+    let clients: Vec<SagaOrchestratorClient<Channel>> =
+        endpoints.into_iter().map(SagaOrchestratorClient::new).collect();
+    wait_for_orchestrators(&clients).await?;
+    let db = Databases {
+        orchestrator: connect(&format!("{}/chaos_orchestrator", args.database)).await?,
+        users: connect(&format!("{}/chaos_users", args.database)).await?,
+        posts: connect(&format!("{}/chaos_posts", args.database)).await?,
+    };
+
+    // Users for publish_post, and e-mails already taken.
+    let mut rng = Rng(seed);
+    let workload = Arc::new(seed_users(&clients, &db, seed).await?);
+    println!("seeded {} users", workload.users.len());
+
+    // The load runs through every phase; each saga is counted in the phase it started in.
+    let load = tokio::spawn(drive(
+        shared.clone(),
+        clients.clone(),
+        workload.clone(),
+        seed,
+        args.rate,
+        stop.clone(),
+    ));
+    let mut last_fault = Instant::now();
+    for (i, fault) in faults.iter().enumerate() {
+        shared.phase.store(i, std::sync::atomic::Ordering::SeqCst);
+        println!("phase {}: {}", i + 1, fault.describe());
+        let end = Instant::now() + Duration::from_secs(args.phase_secs);
+        match fault {
+            Fault::Kill | Fault::Term => {
+                let (signal, lo, hi) = if *fault == Fault::Kill {
+                    ("KILL", 3.0, 8.0)
+                } else {
+                    ("TERM", 8.0, 12.0)
+                };
+                loop {
+                    let wait = Duration::from_secs_f64(rng.between(lo, hi));
+                    if Instant::now() + wait >= end {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    let services = lock(&shared.services);
+                    let victim = &services[rng.pick(services.len())];
+                    println!(
+                        "  {:>5.1} s: SIG{signal} {}",
+                        phase_time(end, args.phase_secs),
+                        victim.name
+                    );
+                    victim.signal(signal);
+                    last_fault = Instant::now();
+                }
+            }
+            Fault::Postgres => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                println!(
+                    "  {:>5.1} s: PostgreSQL stopped",
+                    phase_time(end, args.phase_secs)
+                );
+                pg_ctl(&args, "stop")?; // pg_ctlcluster stops fast by default
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                pg_ctl(&args, "start")?;
+                println!(
+                    "  {:>5.1} s: PostgreSQL started",
+                    phase_time(end, args.phase_secs)
+                );
+                last_fault = Instant::now();
+            }
+            Fault::Broker => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                println!("  {:>5.1} s: broker SIGKILLed", phase_time(end, args.phase_secs));
+                let _ = broker.kill();
+                let _ = broker.wait();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                broker = start_broker(&args, &broker_dir, i + 2).await?;
+                println!("  {:>5.1} s: broker started", phase_time(end, args.phase_secs));
+                last_fault = Instant::now();
+            }
+        }
+        tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+    }
+    stop.cancel();
+    let _ = load.await;
+    let _ = supervisor.await;
+    // The last restarted service must be back before "quiet" starts counting.
+    for s in lock(&shared.services).iter_mut() {
+        if s.child.is_none() {
+            s.start(&args.bin_dir)?;
+        }
+    }
+
+    // Quiet: every accepted saga must end.
+    let ids: Vec<Uuid> = lock(&shared.started).iter().map(|s| s.id).collect();
+    let quiet_end = last_fault.max(Instant::now()) + Duration::from_secs(args.quiet_secs);
+    let mut open = i64::MAX;
+    while Instant::now() < quiet_end {
+        open = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE id = ANY($1) AND state NOT IN ('completed', 'compensated', 'failed')",
+        )
+        .bind(&ids)
+        .fetch_one(&db.orchestrator)
+        .await
+        .unwrap_or(i64::MAX);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "quiet: {} of {} sagas still running {:.0} s after the last fault",
+        open,
+        ids.len(),
+        (Instant::now() - last_fault).as_secs_f64()
+    );
+
+    let ok = report(&shared, &faults, &db).await?;
+    for s in lock(&shared.services).iter_mut() {
+        s.supervised = false;
+        s.signal("TERM");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for s in lock(&shared.services).iter_mut() {
+        s.signal("KILL");
+    }
+    let _ = broker.kill();
+    let _ = broker.wait();
+    if ok {
+        println!("chaos: OK (seed {seed})");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "chaos: the run was not correct (replay it with --seed {seed}); logs in {}",
+            args.work_dir.display()
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn phase_time(end: Instant, phase_secs: u64) -> f64 {
+    phase_secs as f64 - end.saturating_duration_since(Instant::now()).as_secs_f64()
+}
+
+fn pg_ctl(args: &Args, action: &str) -> anyhow::Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", &format!("{} {action}", args.pg_ctl)])
+        .status()?;
+    anyhow::ensure!(status.success(), "`{} {action}` failed", args.pg_ctl);
+    Ok(())
+}
+
+async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match PgPool::connect(url).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("connecting to {url}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Starts the broker (`scripts/kafka.sh run`) and waits until it serves.
+async fn start_broker(args: &Args, dir: &std::path::Path, n: usize) -> anyhow::Result<Child> {
+    let log_path = args.work_dir.join(format!("broker-{n}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(&args.kafka_script)
+        .args(["run", "--port", &args.broker_port.to_string(), "--dir"])
+        .arg(dir)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the broker")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("Kafka Server started")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the broker did not start; see {}",
+            log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(child)
+}
+
+/// Two orchestrator replicas sharing one database, the user service and the post service.
+fn services(args: &Args, brokers: &str) -> Vec<Service> {
+    let common = |db: &str| -> Vec<(String, String)> {
+        [
+            ("APP_KAFKA__BROKERS", brokers.to_owned()),
+            ("APP_DATABASE__URL", format!("{}/{db}", args.database)),
+            ("APP_DATABASE__CREATE_IF_MISSING", "true".into()),
+            ("OTEL_TRACES_EXPORTER", "none".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    };
+    let with = |db: &str, more: &[(&str, String)]| {
+        let mut env = common(db);
+        env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    };
+    let service = |name: &'static str, binary: &'static str, mut env: Vec<(String, String)>| {
+        if !args.no_static_membership {
+            // Each replica's own name, which survives its restarts (in Kubernetes: POD_NAME).
+            env.push(("APP_KAFKA__INSTANCE_ID".into(), name.into()));
+        }
+        env.extend(args.extra_env.iter().cloned());
+        Service {
+            name,
+            binary,
+            env,
+            log: args.work_dir.join(format!("{name}.log")),
+            child: None,
+            supervised: true,
+            restarts: 0,
+        }
+    };
+    vec![
+        service(
+            "orchestrator-a",
+            "orchestrator",
+            with(
+                "chaos_orchestrator",
+                &[
+                    ("APP_GRPC__LISTEN", "127.0.0.1:50161".into()),
+                    ("APP_HTTP__LISTEN", "127.0.0.1:18161".into()),
+                ],
+            ),
+        ),
+        service(
+            "orchestrator-b",
+            "orchestrator",
+            with(
+                "chaos_orchestrator",
+                &[
+                    ("APP_GRPC__LISTEN", "127.0.0.1:50162".into()),
+                    ("APP_HTTP__LISTEN", "127.0.0.1:18162".into()),
+                ],
+            ),
+        ),
+        service(
+            "user-service",
+            "user-service",
+            with(
+                "chaos_users",
+                &[
+                    ("APP_HTTP__LISTEN", "127.0.0.1:18163".into()),
+                    ("APP_RULES__DEFAULT_POST_QUOTA", "100000000".into()),
+                ],
+            ),
+        ),
+        service(
+            "post-service",
+            "post-service",
+            with("chaos_posts", &[("APP_HTTP__LISTEN", "127.0.0.1:18164".into())]),
+        ),
+    ]
+}
+
+/// Restarts a service 1 s after it exits, like a Deployment restarts a pod's container.
+async fn supervise(shared: Arc<Shared>, bin_dir: PathBuf, stop: CancellationToken) {
+    let mut exited_at: BTreeMap<&'static str, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let mut services = lock(&shared.services);
+        for s in services.iter_mut() {
+            if s.exited() {
+                exited_at.insert(s.name, Instant::now());
+            }
+            if s.child.is_none()
+                && s.supervised
+                && exited_at
+                    .get(s.name)
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                exited_at.remove(s.name);
+                s.restarts += 1;
+                if let Err(e) = s.start(&bin_dir) {
+                    eprintln!("could not restart {}: {e:#}", s.name);
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_orchestrators(clients: &[SagaOrchestratorClient<Channel>]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for c in clients {
+        loop {
+            let probe = c
+                .clone()
+                .list_sagas(saga_proto::v1::ListSagasRequest::default())
+                .await;
+            if probe.is_ok() {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "an orchestrator did not come up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+struct Workload {
+    users: Vec<String>,
+    taken: Vec<String>,
+}
+
+/// Registers users first (their ids feed publish_post; their e-mails, duplicates).
+async fn seed_users(
+    clients: &[SagaOrchestratorClient<Channel>],
+    db: &Databases,
+    seed: u64,
+) -> anyhow::Result<Workload> {
+    let mut ids = Vec::new();
+    let mut taken = Vec::new();
+    for i in 0..40 {
+        let email = format!("seed.{seed}.{i}@example.com");
+        let req = register(
+            &email,
+            &format!("Seed {seed} {i}"),
+            &format!("chaos-{seed}-seed-{i}"),
+        );
+        let id = start(clients, i, req).await.context("seeding users")?;
+        ids.push(id);
+        taken.push(email);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows: Vec<(String, serde_json::Value)> =
+            sqlx::query_as("SELECT state, context FROM sagas WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&db.orchestrator)
+                .await?;
+        if rows.len() == ids.len() && rows.iter().all(|(s, _)| s == "completed") {
+            let users = rows
+                .iter()
+                .filter_map(|(_, c)| c["user_id"].as_str().map(str::to_owned))
+                .collect();
+            return Ok(Workload { users, taken });
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the seed users did not register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn register(email: &str, name: &str, key: &str) -> StartSagaRequest {
+    StartSagaRequest {
+        saga_type: "register_user".into(),
+        payload_json: json!({"email": email, "name": name}).to_string(),
+        idempotency_key: key.into(),
+    }
+}
+
+/// The n-th request of the workload and how it should end: half new users, a tenth reusing an
+/// e-mail (refused), three tenths valid posts, a tenth posts with an empty title (refused).
+fn request(w: &Workload, seed: u64, n: usize) -> (StartSagaRequest, Expect) {
+    let key = format!("chaos-{seed}-{n}");
+    let pick = |v: &Vec<String>| v[(n * 7919) % v.len()].clone();
+    match n % 10 {
+        0..=4 => (
+            register(
+                &format!("load.{seed}.{n}@example.com"),
+                &format!("Load {seed} {n}"),
+                &key,
+            ),
+            Expect::Completed,
+        ),
+        5 => (
+            register(&pick(&w.taken), &format!("Dup {seed} {n}"), &key),
+            Expect::Refused,
+        ),
+        k => {
+            let title = if k == 9 {
+                String::new()
+            } else {
+                format!("Post {n}")
+            };
+            let req = StartSagaRequest {
+                saga_type: "publish_post".into(),
+                payload_json: json!({"user_id": pick(&w.users), "title": title, "body": "chaos"}).to_string(),
+                idempotency_key: key,
+            };
+            (
+                req,
+                if k == 9 {
+                    Expect::Refused
+                } else {
+                    Expect::Completed
+                },
+            )
+        }
+    }
+}
+
+/// Starts a saga on one replica, or the other while it is down; the idempotency key makes a
+/// retry safe. Gives up after 30 s.
+async fn start(
+    clients: &[SagaOrchestratorClient<Channel>],
+    n: usize,
+    req: StartSagaRequest,
+) -> anyhow::Result<Uuid> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempt = n;
+    loop {
+        let mut client = clients[attempt % clients.len()].clone();
+        match client.start_saga(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner().saga_id.parse()?),
+            Err(e) if Instant::now() >= deadline => anyhow::bail!("StartSaga: {}: {}", e.code(), e.message()),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Starts `rate` sagas a second until stopped, each in a task of its own.
+async fn drive(
+    shared: Arc<Shared>,
+    clients: Vec<SagaOrchestratorClient<Channel>>,
+    workload: Arc<Workload>,
+    seed: u64,
+    rate: f64,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let phase = shared.phase.load(std::sync::atomic::Ordering::SeqCst);
+        let (req, expect) = request(&workload, seed, n);
+        let (shared, clients) = (shared.clone(), clients.clone());
+        tasks.spawn(async move {
+            match start(&clients, n, req).await {
+                Ok(id) => lock(&shared.started).push(Started { id, phase, expect }),
+                Err(_) => *lock(&shared.not_accepted).entry(phase).or_default() += 1,
+            }
+        });
+        n += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Per phase, what became of every saga; then the audit. True if the run was correct.
+async fn report(shared: &Shared, faults: &[Fault], db: &Databases) -> anyhow::Result<bool> {
+    let rows: Vec<(Uuid, String, Option<String>, f64)> = sqlx::query_as(
+        "SELECT id, state, failure_reason, extract(epoch FROM updated_at - created_at)::float8 FROM sagas",
+    )
+    .fetch_all(&db.orchestrator)
+    .await?;
+    let by_id: BTreeMap<Uuid, (String, Option<String>, f64)> =
+        rows.into_iter().map(|(id, s, r, d)| (id, (s, r, d))).collect();
+    #[derive(Default)]
+    struct Tally {
+        accepted: u64,
+        completed: u64,
+        refused: u64,
+        timed_out: u64,
+        parked: u64,
+        unexpected: u64,
+        unfinished: u64,
+        lost: u64,
+        /// Start to end of every saga that ended as intended, in seconds.
+        durations: Vec<f64>,
+    }
+    let mut tallies: Vec<Tally> = faults.iter().map(|_| Tally::default()).collect();
+    let mut examples: Vec<String> = Vec::new();
+    for s in lock(&shared.started).iter() {
+        let t = &mut tallies[s.phase];
+        t.accepted += 1;
+        let Some((state, reason, secs)) = by_id.get(&s.id) else {
+            t.lost += 1;
+            examples.push(format!("lost: {}", s.id));
+            continue;
+        };
+        let reason = reason.as_deref().unwrap_or_default();
+        let timed_out = reason.contains("gave up after");
+        let what = match (state.as_str(), s.expect) {
+            ("completed", Expect::Completed) => {
+                t.completed += 1;
+                t.durations.push(*secs);
+                continue;
+            }
+            ("compensated", Expect::Refused) if reason.contains("was rejected") => {
+                t.refused += 1;
+                t.durations.push(*secs);
+                continue;
+            }
+            ("compensated" | "failed", _) if timed_out => {
+                t.timed_out += 1;
+                "gave up"
+            }
+            ("failed", _) => {
+                t.parked += 1;
+                "parked"
+            }
+            ("running" | "compensating", _) => {
+                t.unfinished += 1;
+                "unfinished"
+            }
+            _ => {
+                t.unexpected += 1;
+                "unexpected"
+            }
+        };
+        if examples.len() < 10 {
+            examples.push(format!("{what}: saga {} {state} ({reason})", s.id));
+        }
+    }
+    let not_accepted = lock(&shared.not_accepted).clone();
+    println!();
+    println!(
+        "{:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {:>12}  duration s p50 / p99 / max",
+        "fault",
+        "accepted",
+        "completed",
+        "refused",
+        "timed out",
+        "parked",
+        "unexpected",
+        "unfinished",
+        "lost",
+        "not accepted",
+    );
+    let mut ok = true;
+    for (i, (fault, t)) in faults.iter().zip(tallies.iter_mut()).enumerate() {
+        t.durations.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            t.durations
+                .get(((t.durations.len().max(1) - 1) as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let durations = format!("{:.2} / {:.2} / {:.2}", q(0.5), q(0.99), q(1.0));
+        println!(
+            "{:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {:>12}  {durations}",
+            fault.describe(),
+            t.accepted,
+            t.completed,
+            t.refused,
+            t.timed_out,
+            t.parked,
+            t.unexpected,
+            t.unfinished,
+            t.lost,
+            not_accepted.get(&i).copied().unwrap_or(0)
+        );
+        ok &= t.timed_out == 0 && t.parked == 0 && t.unexpected == 0 && t.unfinished == 0 && t.lost == 0;
+    }
+    for e in &examples {
+        println!("  {e}");
+    }
+    let restarts: Vec<String> = lock(&shared.services)
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.restarts))
+        .collect();
+    println!("restarts: {}", restarts.join(", "));
+    let audit = audit(db).await?;
+    let twice = audit
+        .violations
+        .iter()
+        .filter(|v| v.contains("post_count") || v.contains("reserved"))
+        .count();
+    println!(
+        "audit: {} users, {} authors, {} posts; repeats answered from inboxes: {}; applied twice: {twice}; \
+         databases consistent: {}",
+        audit.users,
+        audit.authors,
+        audit.posts,
+        audit.repeats_answered,
+        if audit.consistent() { "yes" } else { "NO" }
+    );
+    for v in audit.violations.iter().take(10) {
+        println!("  {v}");
+    }
+    Ok(ok && audit.consistent())
+}
