@@ -57,8 +57,16 @@ kafka_libs() {
 }
 
 # A Kafka cluster id: 16 random bytes, base64url without padding.
+# A random cluster id: 16 bytes in URL-safe base64, as Kafka's own Uuid.randomUuid makes them —
+# including its rule that an id must not start with "-", which the storage tool would read as an
+# option ("argument -t/--cluster-id: expected one argument"; one format in 64 failed so).
 new_cluster_id() {
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+    local id
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        [ "${id:0:1}" != "-" ] && break
+    done
+    printf '%s' "$id"
 }
 
 run() {

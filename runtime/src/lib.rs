@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod outbox;
+pub mod producer;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-util")]

@@ -466,3 +466,55 @@ async fn the_relay_vacuums_the_outbox_it_empties() {
     relay.await.unwrap();
     assert_eq!(outbox_rows(&pool).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_whose_topic_is_missing_receives_once_another_service_creates_it() {
+    // What a consumer rebuilt after a broker lost its log relies on (`Subscription::recover`):
+    // joined while its topic is missing, it picks the topic up once another service creates it,
+    // with nothing on this side repairing or resubscribing.
+    let kafka = saga_runtime::kafka::KafkaSettings {
+        create_topics: false,
+        ..kafka_settings()
+    };
+    let topic = kafka.topic("late");
+    let subscription = kafka
+        .subscribe(
+            &saga_runtime::testing::unique("group-"),
+            std::slice::from_ref(&topic),
+            saga_runtime::health::Check::detached("consumer"),
+        )
+        .unwrap();
+    let consumer = subscription.consumer();
+    // The group answers first that the topic is missing.
+    let missing = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("the consumer reports the missing topic");
+    assert!(missing.is_err(), "nothing to receive yet");
+
+    let producer_side = kafka_settings();
+    producer_side
+        .ensure_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let producer = producer_side.producer().unwrap().get();
+    let sent = producer
+        .send_result(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key("k")
+                .payload("late"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    sent.await.unwrap().unwrap();
+
+    let received = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(m) = consumer.recv().await {
+                return rdkafka::Message::payload(&m).map(<[u8]>::to_vec);
+            }
+        }
+    })
+    .await
+    .expect("the record on the topic created later arrives within 30 s");
+    assert_eq!(received.as_deref(), Some(&b"late"[..]));
+}
