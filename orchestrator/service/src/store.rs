@@ -317,6 +317,17 @@ pub async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSa
     row.map(StoredSaga::try_from).transpose()
 }
 
+/// Whether any saga's wake-up time has come: one lookup in the `wake_at` index, no transaction
+/// and no lock, so the timer's idle ticks cost one round trip.
+pub async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sagas WHERE wake_at <= $1)")
+            .bind(now)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// Locks up to `limit` sagas whose wake-up time has come, skipping those another replica holds.
 pub async fn lock_due(
     conn: &mut PgConnection,
