@@ -8,6 +8,7 @@
 #   scripts/bench.sh --mode closed --clients 32       # closed loop
 #   scripts/bench.sh --mix mixed                      # with publish_post and compensations
 #   scripts/bench.sh --soak                           # 10 minutes at 150/s, mixed, a report a minute
+#   scripts/bench.sh --idle 60                        # no traffic: what the idle stack costs
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -55,16 +56,22 @@ bin="$SAGA_ROOT/target/$profile"
 
 export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
 export APP_DATABASE__CREATE_IF_MISSING=true
+# Extra connection parameters for every service's database URL (experiments), e.g.
+# BENCH_DB_PARAMS='?options=-c%20plan_cache_mode%3Dforce_custom_plan'
+q="${BENCH_DB_PARAMS:-}"
 export RUST_LOG="${RUST_LOG:-warn}"
-APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_orchestrator" \
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_orchestrator$q" \
 APP_GRPC__LISTEN="127.0.0.1:$GRPC_PORT" APP_HTTP__LISTEN=127.0.0.1:18080 \
+APP_AUDIT__PARTICIPANTS__USERS=http://127.0.0.1:18081 APP_AUDIT__PARTICIPANTS__POSTS=http://127.0.0.1:18082 \
+APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS="users.users = posts.authors" \
+APP_AUDIT__CROSS_CHECKS__POST_COUNTS_AGREE="users.post_counts = posts.post_counts" \
     "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
 pids+=("$!")
-APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_users" APP_HTTP__LISTEN=127.0.0.1:18081 \
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_users$q" APP_HTTP__LISTEN=127.0.0.1:18081 \
 APP_RULES__DEFAULT_POST_QUOTA=100000000 \
     "$bin/user-service" >"$LOGS/user-service.log" 2>&1 &
 pids+=("$!")
-APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_posts" APP_HTTP__LISTEN=127.0.0.1:18082 \
+APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_posts$q" APP_HTTP__LISTEN=127.0.0.1:18082 \
     "$bin/post-service" >"$LOGS/post-service.log" 2>&1 &
 pids+=("$!")
 wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"

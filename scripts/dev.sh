@@ -56,6 +56,9 @@ DEV_OPERATOR_TOKEN="${DEV_OPERATOR_TOKEN:-dev-operator-token-change-me}"
 
 log "starting orchestrator, user-service, post-service (logs: target/dev/)"
 APP_GRPC__LISTEN="127.0.0.1:$GRPC_PORT" APP_AUTH__OPERATORS__DEV="$DEV_OPERATOR_TOKEN" \
+    APP_AUDIT__PARTICIPANTS__USERS=http://127.0.0.1:8081 APP_AUDIT__PARTICIPANTS__POSTS=http://127.0.0.1:8082 \
+    APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS="users.users = posts.authors" \
+    APP_AUDIT__CROSS_CHECKS__POST_COUNTS_AGREE="users.post_counts = posts.post_counts" \
     "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
 pids+=("$!")
 for svc in user-service post-service; do
@@ -77,7 +80,8 @@ The stack is up: orchestrator gRPC on 127.0.0.1:$GRPC_PORT (reflection on), Apac
 saga_posts on $PG_HOST:$PG_PORT — all kept when you stop and start again.
 Dashboard: http://127.0.0.1:8080/ (sign in with $DEV_OPERATOR_TOKEN to act).
 Metrics and health: http://127.0.0.1:8080/metrics (orchestrator), :8081 (user-service), :8082
-(post-service), each with /healthz and /readyz. Set OTEL_EXPORTER_OTLP_ENDPOINT before starting to
+(post-service), each with /healthz and /readyz; \`sagactl audit --since 1h\` checks that the
+services' records agree. Set OTEL_EXPORTER_OTLP_ENDPOINT before starting to
 export traces (see the README). Logs are in target/dev/. Run target/$profile/demo again for more
 sagas. Try the CLI:
 

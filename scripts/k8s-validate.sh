@@ -205,6 +205,7 @@ TARGETS=(
     "variant dev-sasl||k8s/tests/variants/dev-sasl k8s/tests/variants/dev-sasl/kafka"
     "variant prod-mtls-https||k8s/tests/variants/prod-mtls-https k8s/overlays/prod/kafka"
     "variant prod-ops||k8s/tests/variants/prod-ops k8s/overlays/prod/kafka"
+    "variant prod-audit||k8s/tests/variants/prod-audit k8s/overlays/prod/kafka"
     "argocd||k8s/argocd"
 )
 

@@ -45,6 +45,37 @@ impl Orchestrator {
         Ok(response.into_inner().saga_id)
     }
 
+    /// Starts a saga as a careful client does: with `key` as its idempotency key, and again with
+    /// the same key while the orchestrator answers UNAVAILABLE ("retry later": its store could not
+    /// be reached), for up to `budget`. The key makes a repeat the same saga, never a second one.
+    pub async fn start_retrying(
+        &self,
+        saga_type: &str,
+        payload: serde_json::Value,
+        key: &str,
+        budget: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + budget;
+        let request = StartSagaRequest {
+            saga_type: saga_type.into(),
+            payload_json: payload.to_string(),
+            idempotency_key: key.into(),
+        };
+        loop {
+            match self.client.clone().start_saga(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner().saga_id),
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    eprintln!(
+                        "StartSaga {saga_type} (key {key}): UNAVAILABLE ({}); again in 200 ms",
+                        s.message()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => anyhow::bail!("StartSaga {saga_type}: {}: {}", s.code(), s.message()),
+            }
+        }
+    }
+
     /// The saga and its history.
     pub async fn get_with_history(&self, id: &str) -> anyhow::Result<(SagaView, Vec<SagaEvent>)> {
         let response = self

@@ -2,11 +2,14 @@
 //! reading (never writing) the three databases.
 //!
 //! Layout:
-//! - [`audit`]: the consistency audit of DESIGN.md's invariants across the three databases.
+//! - [`audit`]: the consistency check of the demo, load generator, chaos harness and end-to-end
+//!   tests: the orchestrator's own audit (`RunAudit`), plus sagas counted by state.
 //! - [`client`]: starting sagas and waiting for them to finish.
 //! - [`browser`]: headless Chromium over WebDriver (dashboard tests and benchmark).
+//! - [`otlp`]: an OTLP/gRPC span receiver (the conformance kit's and the end-to-end tests' traces).
 //! - `src/bin/demo.rs`: the README's demo; `src/bin/dashboard_bench.rs`: the dashboard at 100,000 sagas.
 
 pub mod audit;
 pub mod browser;
 pub mod client;
+pub mod otlp;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed unwrap is a failed test
 
-pub mod otlp;
+pub use saga_bench::otlp;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +28,12 @@ use tokio_util::sync::CancellationToken;
 use user_service::UserRules;
 
 pub const WAIT: Duration = Duration::from_secs(60);
+/// The demo's cross-checks (`[audit.cross_checks]`), as `scripts/dev.sh` and the Kubernetes
+/// manifests configure them.
+pub const DEMO_CROSS_CHECKS: [(&str, &str); 2] = [
+    ("authors_replicate_users", "users.users = posts.authors"),
+    ("post_counts_agree", "users.post_counts = posts.post_counts"),
+];
 /// The operator credential the stack's orchestrator accepts (operator `ops`).
 pub const OPERATOR_TOKEN: &str = "e2e-operator-token-000001";
 
@@ -55,6 +61,10 @@ pub struct Options {
     pub external_users: bool,
     /// Kafka settings for every service (default: the shared test broker, a fresh topic prefix).
     pub kafka: Option<KafkaSettings>,
+    /// Run the orchestrator's periodic consistency audit this often (default: off).
+    pub audit_interval_secs: Option<u64>,
+    /// Sagas, ledger entries and facts the audit reads per page (default: the orchestrator's).
+    pub audit_page_size: Option<u32>,
 }
 
 /// The three services and their databases.
@@ -70,6 +80,8 @@ pub struct Stack {
     pub clock: Arc<ShiftedClock>,
     pub client: Orchestrator,
     rules: UserRules,
+    /// Where user-service and post-service serve HTTP (kept across their restarts).
+    http_addrs: [Option<std::net::SocketAddr>; 2],
     orchestrator: Option<Running>,
     users: Option<Running>,
     posts: Option<Running>,
@@ -91,10 +103,13 @@ async fn ready(mut assigned: watch::Receiver<usize>, what: &str) {
         .expect("consumer alive");
 }
 
+/// A participant's settings; its HTTP port is `http` (the orchestrator's audit reads it there, so
+/// a restarted service takes its old port again), a free one when `None`.
 fn participant_settings<R: ServiceDefaults + Default>(
     kafka: &KafkaSettings,
     url: &str,
     rules: R,
+    http: Option<std::net::SocketAddr>,
 ) -> ParticipantSettings<R> {
     let defaults = ParticipantSettings::<R>::default();
     ParticipantSettings {
@@ -104,7 +119,9 @@ fn participant_settings<R: ServiceDefaults + Default>(
             poll_interval_ms: 200,
             ..defaults.relay.clone()
         },
-        http: saga_runtime::http::HttpSettings::on("127.0.0.1:0"),
+        http: saga_runtime::http::HttpSettings::on(
+            &http.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+        ),
         rules,
         ..defaults
     }
@@ -143,12 +160,54 @@ impl Stack {
                 .unwrap_or(UserRules::default().default_post_quota),
         };
 
+        let users = if options.external_users {
+            None
+        } else {
+            Some(
+                spawn_participant(
+                    participant_settings(&kafka, &users_url, rules.clone(), None),
+                    user_service::Users::new(rules.clone()),
+                    &user_service::MIGRATOR,
+                )
+                .await,
+            )
+        };
+        let posts = Some(
+            spawn_participant(
+                participant_settings(&kafka, &posts_url, post_service::PostRules::default(), None),
+                post_service::Posts,
+                &post_service::MIGRATOR,
+            )
+            .await,
+        );
         let mut settings = OrchestratorSettings::default();
         settings.grpc.listen = "127.0.0.1:0".into();
         settings.http.listen = "127.0.0.1:0".into();
         settings.database = DatabaseSettings::with_url(&orchestrator_url);
         settings.kafka = kafka.clone();
         settings.timers.interval_ms = 20;
+        // The consistency audit reads the participants' ledgers on their HTTP ports.
+        for (name, running) in [("users", &users), ("posts", &posts)] {
+            if let Some(r) = running {
+                settings
+                    .audit
+                    .participants
+                    .insert(name.into(), format!("http://{}", r.http));
+            }
+        }
+        // The demo's cross-checks, as every demo stack runs them (both participants in-process).
+        if users.is_some() && posts.is_some() {
+            for (name, pair) in DEMO_CROSS_CHECKS {
+                settings.audit.cross_checks.insert(
+                    name.into(),
+                    pair.to_owned().try_into().expect("a valid cross-check"),
+                );
+            }
+        }
+        settings.audit.interval_secs = options.audit_interval_secs.unwrap_or(0);
+        if let Some(n) = options.audit_page_size {
+            settings.audit.page_size = n;
+        }
         settings.relay.poll_interval_ms = 200;
         settings
             .auth
@@ -165,26 +224,6 @@ impl Stack {
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let orchestrator = Running { shutdown, task, http };
 
-        let users = if options.external_users {
-            None
-        } else {
-            Some(
-                spawn_participant(
-                    participant_settings(&kafka, &users_url, rules.clone()),
-                    user_service::Users::new(rules.clone()),
-                    &user_service::MIGRATOR,
-                )
-                .await,
-            )
-        };
-        let posts = Some(
-            spawn_participant(
-                participant_settings(&kafka, &posts_url, post_service::PostRules::default()),
-                post_service::Posts,
-                &post_service::MIGRATOR,
-            )
-            .await,
-        );
         ready(assigned, "orchestrator").await;
 
         let url = format!("http://{addr}");
@@ -205,6 +244,7 @@ impl Stack {
             clock,
             client,
             rules,
+            http_addrs: [users.as_ref().map(|r| r.http), posts.as_ref().map(|r| r.http)],
             orchestrator: Some(orchestrator),
             users,
             posts,
@@ -218,7 +258,12 @@ impl Stack {
     }
 
     pub async fn start_posts(&mut self) {
-        let settings = participant_settings(&self.kafka, &self.posts_url, post_service::PostRules::default());
+        let settings = participant_settings(
+            &self.kafka,
+            &self.posts_url,
+            post_service::PostRules::default(),
+            self.http_addrs[1],
+        );
         self.posts = Some(spawn_participant(settings, post_service::Posts, &post_service::MIGRATOR).await);
     }
 
@@ -229,7 +274,12 @@ impl Stack {
     }
 
     pub async fn start_users(&mut self) {
-        let settings = participant_settings(&self.kafka, &self.users_url, self.rules.clone());
+        let settings = participant_settings(
+            &self.kafka,
+            &self.users_url,
+            self.rules.clone(),
+            self.http_addrs[0],
+        );
         self.users = Some(
             spawn_participant(
                 settings,
@@ -240,22 +290,28 @@ impl Stack {
         );
     }
 
+    /// Starts a `register_user` saga the way a client should: with an idempotency key of its own,
+    /// repeated while the orchestrator answers UNAVAILABLE (see [`Orchestrator::start_retrying`]).
     pub async fn register(&self, email: &str, name: &str) -> String {
-        self.client
-            .start("register_user", json!({"email": email, "name": name}), "")
+        self.start_keyed("register_user", json!({"email": email, "name": name}))
             .await
-            .expect("register_user starts")
     }
 
+    /// Starts a `publish_post` saga, like [`Stack::register`].
     pub async fn publish(&self, user_id: &str, title: &str) -> String {
+        self.start_keyed(
+            "publish_post",
+            json!({"user_id": user_id, "title": title, "body": "text"}),
+        )
+        .await
+    }
+
+    async fn start_keyed(&self, saga_type: &str, payload: Value) -> String {
+        let key = format!("e2e-{}", uuid::Uuid::now_v7());
         self.client
-            .start(
-                "publish_post",
-                json!({"user_id": user_id, "title": title, "body": "text"}),
-                "",
-            )
+            .start_retrying(saga_type, payload, &key, Duration::from_secs(60))
             .await
-            .expect("publish_post starts")
+            .unwrap_or_else(|e| panic!("{saga_type} starts: {e}"))
     }
 
     pub async fn finish(&self, ids: &[String]) -> Vec<SagaView> {
@@ -344,8 +400,20 @@ impl Stack {
         self.users.as_ref().map(|r| format!("http://{}", r.http))
     }
 
+    /// The metrics/health address of the running post service.
+    pub fn posts_http_url(&self) -> Option<String> {
+        self.posts.as_ref().map(|r| format!("http://{}", r.http))
+    }
+
+    /// The orchestrator's consistency audit (`RunAudit`) of the last day's sagas, with its
+    /// cross-checks, and the sagas counted by state (see [`saga_bench::audit`]).
     pub async fn audit(&self) -> AuditReport {
-        audit(&self.dbs).await.expect("audit runs")
+        let since = chrono::Utc::now() - chrono::Duration::days(1);
+        let report = audit(&self.grpc_url, &self.dbs, since).await.expect("audit runs");
+        if self.http_addrs.iter().all(Option::is_some) {
+            assert_eq!(report.participants, ["posts", "users"], "both ledgers audited");
+        }
+        report
     }
 
     pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {

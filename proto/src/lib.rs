@@ -9,16 +9,34 @@
 //!   all name it.
 //! - [`envelope`]: a command and a reply as typed values, with the one encoding (protobuf body plus
 //!   record headers) and the one decoding (with the dead-letter reason when it fails) both sides use.
+//! - [`ledger`]: the participant's audit ledger (`GET /audit/ledger`): its pages, entries and
+//!   cursor, read by the orchestrator's consistency audit.
+//!   Also the unclaimed-effects pages and the fact sets of the audit's cross-checks.
 //! - [`headers`]: the record header names.
+//! - [`innermost_cause`]: the most specific message of an error chain, as the audit's HTTP client
+//!   and `sagactl` report a transport failure.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 
 pub mod envelope;
+pub mod ledger;
 mod phase;
 
 pub use phase::Phase;
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/saga.v1.rs"));
+}
+
+/// The most specific message in an error's chain of sources (a transport error's "connection
+/// refused" rather than "error sending request").
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        why = s.to_string();
+        source = s.source();
+    }
+    why
 }
 
 /// Encoded `FileDescriptorSet` of `saga.v1`, for `tonic-reflection`.

@@ -63,6 +63,10 @@ struct Args {
     /// lag, CPU and RSS of every process): the soak mode's per-minute lines.
     #[arg(long)]
     report_secs: Option<u64>,
+    /// Start no sagas: measure for this many seconds what the running stack costs with no
+    /// traffic (CPU as a share of one core, per process), and exit.
+    #[arg(long)]
+    idle: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -430,6 +434,12 @@ impl Finish {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(secs) = args.idle {
+        idle(&args, secs).await;
+        return Ok(());
+    }
+    // The consistency audit covers the sagas created from here on.
+    let started_at = chrono::Utc::now() - chrono::Duration::seconds(5);
     let orchestrator = Orchestrator::connect(&args.orchestrator, Duration::from_secs(30)).await?;
     let grpc = SagaOrchestratorClient::connect(args.orchestrator.clone()).await?;
     let orch_db = PgPool::connect(&args.orchestrator_db)
@@ -735,7 +745,7 @@ async fn main() -> anyhow::Result<()> {
             users: PgPool::connect(&args.users_db).await?,
             posts: PgPool::connect(&args.posts_db).await?,
         };
-        let report = audit(&dbs).await?;
+        let report = audit(&args.orchestrator, &dbs, started_at).await?;
         println!(
             "correctness: every saga terminal: {}; databases consistent: {}{}",
             yes(all_terminal),
@@ -753,6 +763,30 @@ async fn main() -> anyhow::Result<()> {
     } else {
         anyhow::bail!("the run was not correct")
     }
+}
+
+/// What the stack costs with no traffic: CPU per process over `secs`, as a share of one core.
+async fn idle(args: &Args, secs: u64) {
+    let ticks = clock_ticks();
+    let procs = watched(args.broker_pid);
+    let before = sample_all(&procs);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = sample_all(&procs);
+    let share = |label: &str| {
+        let used = after[label].ticks.saturating_sub(before[label].ticks) as f64 / ticks;
+        100.0 * used / secs as f64
+    };
+    let parts: Vec<String> = procs
+        .iter()
+        .map(|(label, _)| format!("{label} {:.2}%", share(label)))
+        .collect();
+    let services: f64 = ["orchestrator", "user-service", "post-service", "kafka"]
+        .iter()
+        .map(|l| share(l))
+        .sum();
+    println!("== idle: no traffic for {secs} s");
+    println!("CPU, share of one core: {}", parts.join("  "));
+    println!("three services and the broker together: {services:.2}% of one core");
 }
 
 fn yes(b: bool) -> &'static str {

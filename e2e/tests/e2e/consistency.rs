@@ -105,7 +105,7 @@ async fn five_hundred_mixed_sagas_leave_the_three_databases_consistent() {
     );
     assert_eq!(
         (report.users, report.authors, report.posts),
-        (160, 160, completed)
+        (160, 160, completed as i64)
     );
     eprintln!("500 sagas in {:?}", started.elapsed());
     stack.stop().await;

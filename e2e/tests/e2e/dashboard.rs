@@ -63,6 +63,11 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
     b.find("#timeline li[data-kind='saga_compensated']").await;
     b.find("#timeline li[data-kind='compensation_started']").await;
     assert!(b.text("#steps").await.contains("DeleteUser"));
+    // The refused step's compensation will never run: it says so instead of "pending".
+    assert_eq!(
+        b.text("#steps td.not-needed").await,
+        "DeleteAuthor not needed — the action was refused"
+    );
     b.screenshot("3-detail-compensated.png").await;
 
     // The parked saga, read-only first: the actions are there but disabled, and say why.
@@ -101,6 +106,8 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
         "A reason is required: it is recorded in the saga's history."
     );
     b.type_into("#confirm-reason", "user-service is back").await;
+    // Validated as it is typed: the message is gone once there is a reason.
+    assert_eq!(b.text("#confirm-error").await, "");
     b.screenshot("4-replay-confirm.png").await;
     b.click("#confirm-ok").await;
     b.until(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use saga_bench::audit::Databases;
 use saga_bench::client::Orchestrator;
+use saga_e2e::DEMO_CROSS_CHECKS;
 use saga_e2e::{ServiceProcess, WAIT, free_port};
 use saga_proto::v1::SagaState;
 use saga_runtime::kafka::KafkaSettings;
@@ -19,6 +20,10 @@ struct Cluster {
     kafka: KafkaSettings,
     dbs: Databases,
     urls: [String; 3],
+    /// The HTTP (metrics, health, audit) ports of user-service and post-service.
+    http_ports: [u16; 2],
+    /// When the cluster started: the consistency audit covers the sagas created since.
+    started_at: chrono::DateTime<chrono::Utc>,
     orchestrators: Vec<(Option<ServiceProcess>, u16)>,
     users: Option<ServiceProcess>,
     posts: Option<ServiceProcess>,
@@ -40,6 +45,8 @@ impl Cluster {
                 posts,
             },
             urls: [orchestrator_url, users_url, posts_url],
+            http_ports: [free_port(), free_port()],
+            started_at: chrono::Utc::now() - chrono::Duration::seconds(5),
             orchestrators: (0..replicas).map(|_| (None, free_port())).collect(),
             users: None,
             posts: None,
@@ -80,6 +87,19 @@ impl Cluster {
             format!("127.0.0.1:{}", self.orchestrators[i].1),
         ));
         env.push(("APP_TIMERS__INTERVAL_MS".into(), "50".into()));
+        // The consistency audit, as the demo configures it.
+        for (name, port) in [("USERS", self.http_ports[0]), ("POSTS", self.http_ports[1])] {
+            env.push((
+                format!("APP_AUDIT__PARTICIPANTS__{name}"),
+                format!("http://127.0.0.1:{port}"),
+            ));
+        }
+        for (name, pair) in DEMO_CROSS_CHECKS {
+            env.push((
+                format!("APP_AUDIT__CROSS_CHECKS__{}", name.to_uppercase()),
+                pair.to_owned(),
+            ));
+        }
         self.orchestrators[i].0 = Some(ServiceProcess::spawn("orchestrator", &env));
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.orchestrators[i].1));
         let deadline = Instant::now() + WAIT;
@@ -90,17 +110,21 @@ impl Cluster {
     }
 
     fn start_users(&mut self) {
-        self.users = Some(ServiceProcess::spawn(
-            "user-service",
-            &self.env(1, "user-service"),
+        let mut env = self.env(1, "user-service");
+        env.push((
+            "APP_HTTP__LISTEN".into(),
+            format!("127.0.0.1:{}", self.http_ports[0]),
         ));
+        self.users = Some(ServiceProcess::spawn("user-service", &env));
     }
 
     fn start_posts(&mut self) {
-        self.posts = Some(ServiceProcess::spawn(
-            "post-service",
-            &self.env(2, "post-service"),
+        let mut env = self.env(2, "post-service");
+        env.push((
+            "APP_HTTP__LISTEN".into(),
+            format!("127.0.0.1:{}", self.http_ports[1]),
         ));
+        self.posts = Some(ServiceProcess::spawn("post-service", &env));
     }
 
     async fn register(&self, n: usize, tag: &str) -> Vec<String> {
@@ -130,8 +154,13 @@ impl Cluster {
                 saga_bench::client::describe(v)
             );
         }
-        let report = saga_bench::audit::audit(&self.dbs).await.unwrap();
+        let url = format!("http://127.0.0.1:{}", self.orchestrators[0].1);
+        let report = saga_bench::audit::audit(&url, &self.dbs, self.started_at)
+            .await
+            .unwrap();
         assert!(report.consistent(), "{:?}", report.violations);
+        assert_eq!(report.participants, ["posts", "users"], "both ledgers audited");
+        assert!(report.sagas_checked >= ids.len() as u64);
     }
 }
 

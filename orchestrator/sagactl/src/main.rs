@@ -5,6 +5,7 @@
 //! (`--token` or `SAGACTL_TOKEN`). Output is a human table by default, JSON with `--output json`
 //! (JSON lines for `watch` and bulk `replay`). Exit codes are listed in `sagactl --help`.
 
+mod audit;
 mod output;
 mod when;
 
@@ -32,7 +33,8 @@ const EXIT_CODES: &str = "Exit codes:
   5  invalid argument (the message names it)
   6  the action does not apply to the saga as it is now (e.g. replaying a running saga)
   7  missing, unknown or insufficient credential (use --token or SAGACTL_TOKEN)
-  8  watch: the saga ended failed, parked for an operator";
+  8  watch: the saga ended failed, parked for an operator
+  9  audit: drift found (the report lists every finding)";
 
 #[derive(Parser)]
 #[command(name = "sagactl", version, about = "Start, inspect and operate sagas", after_help = EXIT_CODES)]
@@ -148,6 +150,23 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Compare the orchestrator's record of recent sagas with every participant's inbox ledger
+    /// and list where they disagree (exit code 9 when they do).
+    Audit {
+        /// Sagas created at or after TIME (RFC 3339, HH:MM today UTC, or an age like 2h).
+        #[arg(long, value_name = "TIME", default_value = "24h")]
+        since: String,
+        /// Sagas created before TIME (default: now).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Only sagas of this type, e.g. register_user.
+        #[arg(long = "type")]
+        saga_type: Option<String>,
+        /// Sagas running, compensating or parked for longer than this (e.g. 15m) are findings;
+        /// the server's setting when left out.
+        #[arg(long, value_name = "AGE")]
+        unfinished_after: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -243,6 +262,8 @@ enum Failure {
     Status(Status),
     Usage(String),
     SagaFailed,
+    /// The audit found drift (already printed).
+    Drift,
     Other(String),
 }
 
@@ -253,21 +274,10 @@ impl From<Status> for Failure {
         // transport error as its source: report it as unreachable, with the innermost reason.
         // (A status the server sent has no source.)
         match std::error::Error::source(&s) {
-            Some(source) => Failure::Unreachable(innermost(source)),
+            Some(source) => Failure::Unreachable(saga_proto::innermost_cause(source)),
             None => Failure::Status(s),
         }
     }
-}
-
-/// The most specific message in an error's chain of sources.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut why = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        why = s.to_string();
-        source = s.source();
-    }
-    why
 }
 
 impl Failure {
@@ -300,6 +310,7 @@ impl Failure {
             }
             Failure::Usage(m) => (2, m),
             Failure::SagaFailed => return ExitCode::from(8),
+            Failure::Drift => return ExitCode::from(9),
             Failure::Other(m) => (1, m),
         };
         eprintln!("error: {message}");
@@ -379,7 +390,7 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| Failure::Unreachable(innermost(&e)))?;
+        .map_err(|e| Failure::Unreachable(saga_proto::innermost_cause(&e)))?;
     Ok(SagaOrchestratorClient::with_interceptor(channel, Bearer(bearer)))
 }
 
@@ -574,6 +585,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             acted("retried", &r, json);
+        }
+        Command::Audit {
+            since,
+            until,
+            saga_type,
+            unfinished_after,
+        } => {
+            let now = chrono::Utc::now();
+            let at = |a: &str| -> Result<prost_types::Timestamp, Failure> {
+                let t = when::parse(a, now).map_err(Failure::Usage)?;
+                Ok(prost_types::Timestamp {
+                    seconds: t.timestamp(),
+                    nanos: t.timestamp_subsec_nanos() as i32,
+                })
+            };
+            let unfinished_after_seconds = unfinished_after
+                .map(|a| {
+                    let t = when::parse(&a, now)
+                        .map_err(|e| Failure::Usage(format!("--unfinished-after: {e}")))?;
+                    u32::try_from((now - t).num_seconds().max(0))
+                        .map_err(|_| Failure::Usage("--unfinished-after: too long".into()))
+                })
+                .transpose()?;
+            let r = c
+                .run_audit(pb::RunAuditRequest {
+                    since: Some(at(&since)?),
+                    until: until.as_deref().map(at).transpose()?,
+                    saga_type: saga_type.unwrap_or_default(),
+                    unfinished_after_seconds,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&audit::report_json(&r));
+            } else {
+                print!("{}", audit::report_text(&r));
+            }
+            if !r.findings.is_empty() {
+                return Err(Failure::Drift);
+            }
         }
         Command::Abort { saga_id, reason } => {
             let r = c

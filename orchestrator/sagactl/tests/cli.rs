@@ -370,3 +370,62 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
     assert_eq!(report.users, 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn audit_exits_zero_when_the_records_agree_and_nine_naming_the_saga_when_they_do_not() {
+    let stack = Stack::start().await;
+    let url = stack.grpc_url.as_str();
+    let id = stack.register("audit-cli@example.com", "Audit Cli").await;
+    stack.finish_one(&id).await;
+
+    let clean = sagactl(url, None, &["audit", "--since", "1h"]).await;
+    assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);
+    assert!(clean.stdout.contains("audited 1 saga(s)"), "{}", clean.stdout);
+    assert!(clean.stdout.contains("no drift found"), "{}", clean.stdout);
+
+    // The user is deleted by hand in the users database.
+    let user = stack.context(&id, "user_id").await;
+    sqlx::query("DELETE FROM users WHERE id = $1::uuid")
+        .bind(&user)
+        .execute(&stack.dbs.users)
+        .await
+        .unwrap();
+    let drift = sagactl(url, None, &["-o", "json", "audit", "--since", "1h"]).await;
+    assert_eq!(drift.code, 9, "{}{}", drift.stdout, drift.stderr);
+    let report = drift.json();
+    let findings = report["findings"].as_array().unwrap();
+    // The saga's domain check, and the author replica left alone — by name and by post count —
+    // found by the demo's cross-checks (first: they name no saga).
+    let kinds: Vec<&str> = findings.iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["replica_drift", "replica_drift", "domain_check"],
+        "{report:#}"
+    );
+    for drift in &findings[..2] {
+        assert_eq!(drift["participant_record"]["key"], user.as_str());
+        assert!(
+            drift["participant_record"]["left"]["value"].is_null(),
+            "{drift:#}"
+        );
+    }
+    let check = &findings[2];
+    assert_eq!(check["saga_id"], id.as_str());
+    assert_eq!(check["step_name"], "create_user");
+    assert_eq!(check["orchestrator"]["state"], "completed");
+    assert_eq!(check["participant_record"][0]["outcome"], "succeeded");
+    let table = sagactl(url, None, &["audit", "--since", "1h", "--type", "register_user"]).await;
+    assert_eq!(table.code, 9);
+    assert!(
+        table.stdout.contains(&id) && table.stdout.contains("1 finding(s)"),
+        "{}",
+        table.stdout
+    );
+
+    let bad = sagactl(url, None, &["audit", "--since", "1h", "--type", "nope"]).await;
+    assert_eq!(bad.code, 5, "{}", bad.stderr);
+    assert!(bad.stderr.contains("unknown saga type `nope`"), "{}", bad.stderr);
+    let bad = sagactl(url, None, &["audit", "--since", "yesterday"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    stack.stop().await;
+}

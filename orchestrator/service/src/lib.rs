@@ -9,12 +9,14 @@
 //!   operator actions, timers) and the saga metrics.
 //! - [`store`]: saga rows, history, optimistic concurrency.
 //! - [`wire`]: engine commands ↔ Kafka envelopes.
+//! - [`audit`]: the consistency audit — sagas against the participants' inbox ledgers.
 //! - [`auth`]: operator and reader credentials.
 //! - [`dashboard`]: the saga status dashboard (page and JSON API) on the HTTP port.
 //! - [`watch`]: live saga changes (LISTEN/NOTIFY) for the Watch streams.
 //! - [`catalog`], [`settings`], [`clock`]: definitions, configuration, time.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod clock;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use saga_runtime::db::DatabaseSettings;
 use saga_runtime::http::HttpSettings;
 
+use crate::audit::AuditSettings;
 use crate::auth::AuthSettings;
 use saga_runtime::kafka::KafkaSettings;
 use saga_runtime::outbox::RelaySettings;
@@ -30,6 +31,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub auth: AuthSettings,
     pub operator: OperatorSettings,
+    /// The consistency audit: participants' ledger endpoints, the periodic audit.
+    pub audit: AuditSettings,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             log_format: LogFormat::default(),
             auth: AuthSettings::default(),
             operator: OperatorSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -197,6 +201,10 @@ mod tests {
             jail.set_env("APP_KAFKA__BROKERS", "env:9092");
             jail.set_env("APP_DATABASE__URL", "postgres://u:secret@db/x");
             jail.set_env("APP_KAFKA__CONSUMER__FETCH_WAIT_MAX_MS", "10");
+            jail.set_env(
+                "APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS",
+                "users.users = posts.authors",
+            );
             let s = Settings::load().map_err(|e| e.to_string())?;
             assert_eq!(s.grpc.listen, "0.0.0.0:1");
             assert_eq!(s.kafka.brokers, "env:9092");
@@ -210,6 +218,11 @@ mod tests {
                 Some("10")
             );
             assert!(s.replies.enabled && s.relay.enabled);
+            let check = &s.audit.cross_checks["authors_replicate_users"];
+            assert_eq!(
+                (check.left.to_string(), check.right.to_string()),
+                ("users.users".to_owned(), "posts.authors".to_owned())
+            );
             Ok(())
         });
     }

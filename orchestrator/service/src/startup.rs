@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
 use crate::api::SagaApi;
+use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
@@ -229,6 +230,11 @@ impl Application {
             ));
         }
 
+        let auditor = Arc::new(Auditor::new(coordinator.clone(), settings.audit.clone())?);
+        if settings.audit.interval_secs > 0 {
+            tasks.spawn(auditor.clone().run_periodically(shutdown.clone()));
+        }
+
         let changes = Changes::new();
         tasks.spawn(changes.clone().run(pool.clone(), shutdown.clone()));
         let sagas = pool.clone();
@@ -245,6 +251,7 @@ impl Application {
             auth: auth.clone(),
             changes: changes.clone(),
             shutdown: shutdown.clone(),
+            auditor: auditor.clone(),
         });
         tasks.spawn(http::serve(http, http::router(probes, board), shutdown.clone()));
         let api = SagaApi::new(
@@ -253,7 +260,8 @@ impl Application {
             changes,
             settings.operator.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_auditor(auditor);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SagaOrchestratorServer<SagaApi>>().await;

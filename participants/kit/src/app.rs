@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use saga_runtime::consumer::{self, DeadLetters};
 use saga_runtime::db::{self, DatabaseSettings};
 use saga_runtime::health::Health;
@@ -95,6 +94,7 @@ pub struct ParticipantApp<D> {
     commands_topic: String,
     commands: Subscription,
     participant: Participant<D>,
+    ledger: crate::audit::Ledger<D>,
     health: Health,
 }
 
@@ -128,7 +128,13 @@ impl<D: Domain> ParticipantApp<D> {
             &[commands],
             health.check("command consumer"),
         )?;
-        let participant = Participant::new(pool.clone(), Arc::new(domain), replies);
+        let domain = Arc::new(domain);
+        let participant = Participant::new(pool.clone(), domain.clone(), replies);
+        let ledger = crate::audit::Ledger {
+            pool: pool.clone(),
+            domain,
+            commands_topic: settings.commands_topic.clone(),
+        };
         let http = http::bind(&settings.http)
             .await
             .context("setting up the HTTP port")?;
@@ -140,6 +146,7 @@ impl<D: Domain> ParticipantApp<D> {
             commands_topic: settings.commands_topic.clone(),
             commands,
             participant,
+            ledger,
             health,
         })
     }
@@ -148,7 +155,7 @@ impl<D: Domain> ParticipantApp<D> {
         &self.pool
     }
 
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the audit ledger (`/audit/ledger`) are served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http.addr()
     }
@@ -176,7 +183,7 @@ impl<D: Domain> ParticipantApp<D> {
         };
         tasks.spawn(http::serve(
             self.http,
-            http::router(probes, Router::new()),
+            http::router(probes, crate::audit::router(self.ledger)),
             shutdown.clone(),
         ));
         let dead = DeadLetters::new(producer, self.kafka.dead_letter_topic(&self.commands_topic));

@@ -27,6 +27,12 @@ use uuid::Uuid;
 use crate::domain::Domain;
 use crate::error::DomainError;
 
+/// The recorded refusal of an action that arrived after its step's compensation.
+pub(crate) const LATE_ACTION: &str =
+    "the compensation of this step was already processed, so the action is refused";
+/// The reply field of a recorded no-op compensation (its action was never applied).
+pub(crate) const NOOP_COMPENSATION: &str = "skipped";
+
 /// What processing decided for one command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -164,15 +170,13 @@ impl<D: Domain> Participant<D> {
         }
         let decision = match cmd.phase {
             Phase::Action => match book.get(&(cmd.saga_id, cmd.step_index, Phase::Compensation)) {
-                Some(_) => Decision::Rejected(
-                    "the compensation of this step was already processed, so the action is refused".into(),
-                ),
+                Some(_) => Decision::Rejected(LATE_ACTION.into()),
                 None => self.apply(tx, cmd).await?,
             },
             Phase::Compensation => match book.get(&(cmd.saga_id, cmd.step_index, Phase::Action)) {
                 Some(Decision::Applied(_)) => self.apply(tx, cmd).await?,
                 // Never applied (or refused): nothing to undo. Recording this also refuses a late action.
-                _ => Decision::Applied(json!({ "skipped": "the action was never applied" })),
+                _ => Decision::Applied(json!({ NOOP_COMPENSATION: "the action was never applied" })),
             },
         };
         Ok(Processed::New(decision))

@@ -10,14 +10,18 @@
 //!   types, from `saga_proto`.
 //! - [`inbox`]: the one-transaction protocol ([`Participant`]).
 //! - [`app`]: settings and [`ParticipantApp`] (build → run until stopped).
+//! - [`audit`]: `GET /audit/ledger`, the inbox as the orchestrator's consistency audit reads it,
+//!   with the domain's checks ([`Domain::check`]); `GET /audit/unclaimed` ([`Domain::unclaimed`])
+//!   and `GET /audit/facts/{set}`, the fact sets of the audit's cross-checks ([`Domain::facts`]).
 
 pub mod app;
+pub mod audit;
 pub mod domain;
 pub mod error;
 pub mod inbox;
 
 pub use app::{ParticipantApp, ParticipantSettings, ServiceDefaults, migrate};
-pub use domain::Domain;
+pub use domain::{AuditedEntry, Domain, Unclaimed, UnclaimedWindow};
 pub use error::DomainError;
 pub use inbox::{Decision, Participant, Processed};
 pub use saga_proto::Phase;

@@ -5,7 +5,12 @@
 //! Business failures: e-mail already registered, unknown or disabled user, post quota exhausted,
 //! user disabled before the post was confirmed.
 
-use saga_participant::{Command, Domain, DomainError, ParticipantApp, ParticipantSettings, ServiceDefaults};
+use saga_participant::audit::facts_page;
+use saga_participant::{
+    AuditedEntry, Command, Domain, DomainError, ParticipantApp, ParticipantSettings, ServiceDefaults,
+    Unclaimed, UnclaimedWindow,
+};
+use saga_proto::ledger::{DomainFinding, Fact, UnclaimedCursor, UnclaimedEffect};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -78,6 +83,132 @@ impl Domain for Users {
             ))),
         }
     }
+
+    /// A succeeded `CreateUser` that was not undone: the user still exists. A succeeded
+    /// `ConfirmPost` (the pivot): its confirmed reservation is still there.
+    async fn check(
+        &self,
+        conn: &mut PgConnection,
+        entries: &[AuditedEntry<'_>],
+    ) -> Result<Vec<DomainFinding>, sqlx::Error> {
+        let mut findings = Vec::new();
+        let created: Vec<(&AuditedEntry<'_>, Option<Uuid>)> = entries
+            .iter()
+            .filter(|e| e.holds("CreateUser"))
+            .map(|e| (e, reply_id(e, "user_id")))
+            .collect();
+        let ids: Vec<Uuid> = created.iter().filter_map(|(_, id)| *id).collect();
+        let existing: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (e, id) in created {
+            match id {
+                None => findings.push(e.finding(
+                    "user_id_missing",
+                    "the recorded CreateUser reply names no user_id".into(),
+                )),
+                Some(id) if !existing.contains(&id) => findings.push(e.finding(
+                    "user_missing",
+                    format!("user {id} created by this saga no longer exists in the users database"),
+                )),
+                Some(_) => {}
+            }
+        }
+        let confirmed: Vec<&AuditedEntry<'_>> = entries.iter().filter(|e| e.holds("ConfirmPost")).collect();
+        let sagas: Vec<Uuid> = confirmed.iter().map(|e| e.entry.saga_id).collect();
+        let present: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT saga_id FROM post_reservations WHERE saga_id = ANY($1) AND state = 'confirmed'",
+        )
+        .bind(&sagas)
+        .fetch_all(&mut *conn)
+        .await?;
+        for e in confirmed {
+            if !present.contains(&e.entry.saga_id) {
+                findings.push(e.finding(
+                    "confirmed_post_missing",
+                    "the post this saga confirmed is no longer counted (no confirmed reservation)".into(),
+                ));
+            }
+        }
+        Ok(findings)
+    }
+
+    /// Users created in the window that no succeeded `CreateUser` in the inbox names: made
+    /// outside any saga.
+    async fn unclaimed(
+        &self,
+        conn: &mut PgConnection,
+        window: UnclaimedWindow<'_>,
+    ) -> Result<Vec<Unclaimed>, sqlx::Error> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT u.id FROM users u WHERE u.created_at >= $1 AND ($2::timestamptz IS NULL OR u.created_at < $2) \
+             AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.phase = 'action' AND i.outcome = 'success' \
+               AND i.command_type = 'CreateUser' AND i.reply->>'user_id' = u.id::text) \
+             AND ($3::text IS NULL OR ('user_unclaimed' COLLATE \"C\", u.id) > ($3::text COLLATE \"C\", $4::uuid)) \
+             ORDER BY u.id LIMIT $5",
+        )
+        .bind(window.since)
+        .bind(window.until)
+        .bind(window.after.map(|a| a.check.as_str()))
+        .bind(window.after.map(|a| a.id))
+        .bind(window.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Unclaimed {
+                at: UnclaimedCursor {
+                    check: "user_unclaimed".into(),
+                    id,
+                },
+                effect: UnclaimedEffect {
+                    check: "user_unclaimed".into(),
+                    entity: format!("user {id}"),
+                    message: format!(
+                        "user {id} is in the users database, but no CreateUser of any saga created it"
+                    ),
+                },
+            })
+            .collect())
+    }
+
+    fn fact_sets(&self) -> &'static [&'static str] {
+        &FACT_SETS
+    }
+
+    /// `users`: user id → name; `post_counts`: user id → the number of posts counted for the
+    /// user (confirmed by `ConfirmPost`). For the cross-checks against post-service's
+    /// `authors` and `post_counts`.
+    async fn facts(
+        &self,
+        conn: &mut PgConnection,
+        set: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Option<Vec<Fact>>, sqlx::Error> {
+        let value = match set {
+            "users" => "name",
+            "post_counts" => "post_count",
+            _ => return Ok(None),
+        };
+        facts_page(conn, "users", "id", value, after, limit)
+            .await
+            .map(Some)
+    }
+}
+
+/// The fact sets user-service publishes.
+pub const FACT_SETS: [&str; 2] = ["users", "post_counts"];
+
+/// A UUID field of the recorded reply.
+fn reply_id(e: &AuditedEntry<'_>, field: &str) -> Option<Uuid> {
+    e.entry
+        .reply
+        .as_ref()?
+        .get(field)?
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 impl Users {

@@ -2,6 +2,7 @@
 //! code and a message naming the field; operator actions check the caller first and change nothing
 //! when refused.
 
+pub mod audit;
 pub mod convert;
 
 use std::pin::Pin;
@@ -40,6 +41,8 @@ pub struct SagaApi {
     operator: OperatorSettings,
     /// Ends watch streams, so an open watcher never holds up a shutdown.
     shutdown: CancellationToken,
+    /// Runs `RunAudit`; `None` answers UNIMPLEMENTED.
+    auditor: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl SagaApi {
@@ -56,7 +59,14 @@ impl SagaApi {
             changes,
             operator,
             shutdown,
+            auditor: None,
         }
+    }
+
+    /// Serves `RunAudit` with `auditor`.
+    pub fn with_auditor(mut self, auditor: Arc<crate::audit::Auditor>) -> Self {
+        self.auditor = Some(auditor);
+        self
     }
 
     async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Status> {
@@ -498,6 +508,23 @@ impl SagaOrchestrator for SagaApi {
             };
             let applied = self.coordinator.act(id, &input, &caller.name).await?;
             Ok(Response::new(self.acted(applied, true)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_audit(
+        &self,
+        request: Request<pb::RunAuditRequest>,
+    ) -> Result<Response<pb::AuditReport>, Status> {
+        let span = rpc_span("RunAudit", &request);
+        async move {
+            self.auth.reader(bearer(request.metadata()))?;
+            let auditor = self
+                .auditor
+                .as_ref()
+                .ok_or_else(|| Status::unimplemented("this orchestrator runs no audits"))?;
+            Ok(Response::new(audit::run(auditor, request.into_inner()).await?))
         }
         .instrument(span)
         .await

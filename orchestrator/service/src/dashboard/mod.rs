@@ -9,11 +9,13 @@
 //! - `GET /api/sagas/{id}` — steps with commands and replies, history, and which actions apply.
 //! - `GET /api/events` — server-sent events: `saga` for every change, `resync` after a gap.
 //! - `POST /api/sagas/{id}/replay|retry|abort` — operator actions (operator token and `reason`).
+//! - `GET /api/audit`, `POST /api/audit` — the last consistency audit's report; run one now.
 //!
 //! Reads follow the same rule as gRPC (open unless protected); actions need an operator token in
 //! `Authorization: Bearer …` (the event stream also takes `?token=`, as browsers cannot set headers
 //! on it).
 
+pub mod audit;
 pub mod queries;
 
 use std::collections::HashMap;
@@ -52,6 +54,8 @@ pub struct Dashboard {
     pub changes: Changes,
     /// Ends the event streams, so an open page never holds up a shutdown.
     pub shutdown: CancellationToken,
+    /// The consistency audit (the Consistency page).
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 pub fn router(d: Dashboard) -> Router {
@@ -76,6 +80,7 @@ pub fn router(d: Dashboard) -> Router {
         .route("/api/sagas/{id}/replay", post(replay))
         .route("/api/sagas/{id}/retry", post(retry))
         .route("/api/sagas/{id}/abort", post(abort))
+        .route("/api/audit", get(audit::last).post(audit::run))
         .route("/api/{*rest}", get(unknown_api).post(unknown_api))
         .with_state(d)
 }

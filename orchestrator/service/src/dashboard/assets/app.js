@@ -2,6 +2,7 @@
 //   #/                 overview
 //   #/sagas?...        list (filters in the query)
 //   #/sagas/<id>       one saga
+//   #/consistency      the consistency audit: the last report, and a button to run one
 // Every value from the server reaches the page through textContent (never innerHTML).
 'use strict';
 
@@ -180,10 +181,14 @@ async function route() {
   onChange = null;
   document.getElementById('nav-overview').toggleAttribute('aria-current', false);
   document.getElementById('nav-sagas').toggleAttribute('aria-current', false);
+  document.getElementById('nav-consistency').toggleAttribute('aria-current', false);
   const detail = path.match(/^\/sagas\/([0-9a-fA-F-]+)$/);
   if (detail) {
     document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
     await detailPage(detail[1]);
+  } else if (path === '/consistency') {
+    document.getElementById('nav-consistency').setAttribute('aria-current', 'page');
+    await consistencyPage();
   } else if (path === '/sagas') {
     document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
     await listPage(params);
@@ -194,6 +199,76 @@ async function route() {
 }
 
 window.addEventListener('hashchange', () => { route(); main().focus(); });
+
+// ---------- consistency ----------
+
+function auditReport(r, counts) {
+  if (!r) return h('p', { class: 'muted', id: 'audit-none' }, 'No audit has run since this orchestrator started.');
+  const found = r.findings.length;
+  const summary = h('p', { id: 'audit-summary' },
+    `${r.sagas_checked} saga(s) created ${when(r.since)} – ${when(r.until)}`,
+    r.saga_type ? ` (type ${r.saga_type})` : '',
+    ` compared with ${r.ledger_entries} ledger entries in ${r.duration_seconds.toFixed(2)} s (run ${when(r.started_at)}): `,
+    h('strong', {}, found ? `${found} finding(s)` : 'no drift found'));
+  const participants = h('ul', { id: 'audit-participants' },
+    r.participants.map((p) => h('li', {}, `${p.name}: ${p.service} serves ${p.commands_topic}, ${p.entries} entries`)),
+    r.unaudited_topics.length ? h('li', { class: 'error' }, 'Not audited (no participant configured): ' + r.unaudited_topics.join(', ')) : null);
+  const kinds = h('p', { class: 'muted' },
+    Object.entries(counts || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k}: ${n}`).join(' · '));
+  if (!found) return h('div', {}, summary, participants);
+  const table = h('table', { id: 'audit-findings' },
+    h('thead', {}, h('tr', {}, ['Kind', 'Saga', 'Type', 'Step', 'Participant', 'What', 'Records']
+      .map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, r.findings.map((f) => h('tr', {},
+      h('td', {}, f.kind),
+      h('td', {}, f.saga_type ? sagaLink(f.saga_id) : h('span', { class: 'mono' }, f.saga_id)),
+      h('td', {}, f.saga_type || '—'),
+      h('td', {}, f.step === null ? '' : `${f.step} ${f.step_name || ''} ${f.phase || ''}`),
+      h('td', {}, f.participant || ''),
+      h('td', {}, f.message),
+      h('td', {}, h('details', {}, h('summary', {}, 'both sides'),
+        h('h4', {}, 'Orchestrator'), h('pre', {}, pretty(f.orchestrator)),
+        h('h4', {}, 'Participant'), h('pre', {}, pretty(f.participant_record))))))));
+  return h('div', {}, summary, participants, kinds, table);
+}
+
+async function consistencyPage() {
+  let data;
+  try { data = await api('/api/audit'); } catch (e) { show(h('h1', {}, 'Consistency'), failure(e)); return; }
+  const result = h('div', { id: 'audit-result' }, auditReport(data.report, data.counts));
+  const status = h('p', { id: 'audit-status', role: 'status', 'aria-live': 'polite' });
+  const hours = h('input', { id: 'audit-hours', type: 'number', min: 1, max: 720, value: 24, required: true });
+  const type = h('select', { id: 'audit-type' }, h('option', { value: '' }, 'every type'),
+    sagaTypes.map((t) => h('option', { value: t }, t)));
+  const button = h('button', { type: 'submit', class: 'primary', id: 'audit-run' }, 'Run audit');
+  const form = h('form', { id: 'audit-form', class: 'filters', onsubmit: async (ev) => {
+    ev.preventDefault();
+    button.disabled = true;
+    status.textContent = 'Auditing…';
+    try {
+      const body = { since_hours: Number(hours.value), type: type.value || null };
+      const d = await api('/api/audit', { method: 'POST', body: JSON.stringify(body) });
+      result.replaceChildren(auditReport(d.report, d.counts));
+      status.textContent = d.report.findings.length ? 'Drift found.' : 'The records agree.';
+    } catch (e) {
+      status.textContent = '';
+      result.replaceChildren(failure(e));
+    } finally {
+      button.disabled = false;
+    }
+  } },
+  h('label', { for: 'audit-hours' }, 'Sagas of the last (hours)'), hours,
+  h('label', { for: 'audit-type' }, 'Type'), type, button);
+  const configured = data.participants_configured.length
+    ? 'Participants read: ' + data.participants_configured.join(', ') + '.'
+    : 'No participants are configured (APP_AUDIT__PARTICIPANTS__<NAME>): nothing can be compared.';
+  const periodic = data.periodic_every_secs
+    ? ` A periodic audit runs every ${data.periodic_every_secs} s.` : ' No periodic audit is configured.';
+  show(h('h1', {}, 'Consistency'),
+    h('p', { class: 'muted' }, 'Compares the orchestrator\'s record of each saga with every participant\'s inbox ledger. ',
+      configured, periodic),
+    form, status, result);
+}
 
 // ---------- overview ----------
 
@@ -370,6 +445,17 @@ function phaseCell(p, kind) {
     p.reply ? h('details', {}, h('summary', {}, 'Reply'), h('pre', {}, pretty(p.reply))) : null);
 }
 
+// A refused action applied nothing, so its compensation will never run: say so instead of
+// showing it "pending" forever.
+function compensationCell(st) {
+  const c = st.compensation;
+  if (c && st.action.status === 'rejected' && c.status === 'pending') {
+    return h('td', { class: 'phase muted not-needed', 'data-phase': 'compensation' },
+      h('div', {}, h('strong', {}, c.command_type), ' not needed — the action was refused'));
+  }
+  return phaseCell(c, 'compensation');
+}
+
 function describe(e) {
   const d = e.data || {};
   const bits = [];
@@ -419,7 +505,7 @@ async function detailPage(id) {
     h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Forward action'), h('th', { scope: 'col' }, 'Compensation'))),
     h('tbody', {}, x.steps.map((st) => h('tr', {},
       h('th', { scope: 'row' }, `${st.index} · ${st.name}`, h('div', { class: 'line muted' }, st.participant)),
-      phaseCell(st.action, 'action'), phaseCell(st.compensation, 'compensation')))));
+      phaseCell(st.action, 'action'), compensationCell(st)))));
   const timeline = h('ol', { class: 'timeline', id: 'timeline', 'aria-label': 'History' },
     x.history.map((e) => h('li', { class: e.actor.startsWith('operator:') ? 'operator' : '', 'data-kind': e.kind },
       h('span', { class: 'muted' }, when(e.at)), h('span', {}, e.actor),
@@ -442,6 +528,8 @@ function confirmAction(saga, kind, title, text) {
   const step = document.getElementById('confirm-step');
   reason.value = '';
   error.textContent = '';
+  // Validated as it is typed: the message goes as soon as there is a reason.
+  reason.oninput = () => { if (reason.value.trim()) error.textContent = ''; };
   stepRow.hidden = kind !== 'retry';
   step.replaceChildren(h('option', { value: '' }, 'the step it stopped at'),
     saga.steps.map((st) => h('option', { value: st.index }, `${st.index} · ${st.name}`)));
