@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
 # Apache Kafka, headless Chromium, cargo-nextest), then runs formatting, lints and every test against
-# the real services, then the load benchmark's and the chaos harness's short runs and the offline
-# Kubernetes manifest checks.
+# the real services, then the load benchmark's and the chaos harness's short runs, the participant
+# conformance kit (Rust and Spring Boot participants) and the offline Kubernetes manifest checks.
 # Dashboard screenshots land in target/dashboard-screenshots/.
 #
 #   scripts/test.sh            # everything CI runs
@@ -48,6 +48,10 @@ if [ "${#extra[@]}" -eq 0 ]; then
     # applied twice, unfinished or given up, and on any drift between the databases.
     log "chaos harness, short: scripts/chaos.sh --short"
     scripts/chaos.sh --short
+    # The participant conformance kit against the Rust participants and the Spring Boot post
+    # service (Maven, ~/.m2 kept), then the whole stack with each post service in turn (same outcome).
+    log "participant conformance: scripts/conformance.sh --ci"
+    scripts/conformance.sh --ci
     log "Kubernetes manifests: scripts/k8s-validate.sh"
     scripts/k8s-validate.sh -q
 fi
