@@ -226,10 +226,18 @@ function auditReport(r, counts) {
       h('td', {}, f.step === null ? '' : `${f.step} ${f.step_name || ''} ${f.phase || ''}`),
       h('td', {}, f.participant || ''),
       h('td', {}, f.message),
-      h('td', {}, h('details', {}, h('summary', {}, 'both sides'),
-        h('h4', {}, 'Orchestrator'), h('pre', {}, pretty(f.orchestrator)),
-        h('h4', {}, 'Participant'), h('pre', {}, pretty(f.participant_record))))))));
+      h('td', {}, records(f))))));
   return h('div', {}, summary, participants, kinds, table);
+}
+
+// A finding's records: both sides, or only the side that has one (an effect no saga claims, two
+// participants' replicas that differ).
+function records(f) {
+  const participant = f.kind === 'replica_drift' ? 'Participants' : 'Participant';
+  const sides = [['Orchestrator', f.orchestrator], [participant, f.participant_record]]
+    .filter(([, v]) => v !== null && v !== undefined);
+  return h('details', {}, h('summary', {}, sides.length === 2 ? 'both sides' : 'records'),
+    sides.flatMap(([title, v]) => [h('h4', {}, title), h('pre', {}, pretty(v))]));
 }
 
 async function consistencyPage() {
