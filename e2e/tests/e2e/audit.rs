@@ -174,10 +174,34 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         .await
         .unwrap();
 
+    // A released quota slot reserved again by hand (post 3 has an empty title: refused, so its
+    // saga released the slot user 3 had reserved).
+    let released = &posts[3];
+    assert_eq!(post_views[3].state, SagaState::Compensated as i32);
+    let released_id = uuid::Uuid::parse_str(released).unwrap();
+    let post_id = uuid::Uuid::parse_str(&stack.context(released, "post_id").await).unwrap();
+    let mut users_tx = stack.dbs.users.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO post_reservations (saga_id, user_id, post_id, state) VALUES ($1, $2, $3, 'reserved')",
+    )
+    .bind(released_id)
+    .bind(uuid::Uuid::parse_str(&users[3]).unwrap())
+    .bind(post_id)
+    .execute(&mut *users_tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE users SET reserved_posts = reserved_posts + 1 WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&users[3]).unwrap())
+        .execute(&mut *users_tx)
+        .await
+        .unwrap();
+    users_tx.commit().await.unwrap();
+
     let drift = audit(&stack, Some(3600)).await;
     let expected: BTreeSet<(String, String, Option<u32>, String)> = [
         ("domain_check", deleted_user.clone(), Some(0), "users"),
         ("domain_check", deleted_author.clone(), Some(1), "posts"),
+        ("domain_check", released.clone(), Some(0), "users"),
         ("missing_success", flipped.clone(), Some(1), "posts"),
         ("unfinished", unfinished.clone(), None, ""),
         ("unknown_saga", stranger.to_string(), Some(0), "users"),
@@ -239,7 +263,13 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         "{}",
         missing.participant_json
     );
-    assert!(by_kind("domain_check").message.contains("no longer exists"));
+    let domain = |text: &str| {
+        drift
+            .findings
+            .iter()
+            .any(|f| f.kind == "domain_check" && f.message.contains(text))
+    };
+    assert!(domain("no longer exists") && domain("still reserved"));
     assert_eq!(by_kind("unknown_saga").orchestrator_json, "null");
     assert!(by_kind("unknown_saga").participant_json.contains("CreateUser"));
 
@@ -266,7 +296,7 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         .map(|(_, id, _, _)| id.as_str())
         .collect();
     assert_eq!(ids, expected_ids, "{ran:#}");
-    assert_eq!(ran["counts"]["domain_check"], 2);
+    assert_eq!(ran["counts"]["domain_check"], 3);
     assert_eq!(ran["counts"]["unclaimed_effect"], 2);
     assert_eq!(ran["counts"]["replica_drift"], 5);
     let last: serde_json::Value = http
@@ -296,7 +326,7 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
     let metrics = Metrics::scrape(&stack.http_url).await;
     assert_eq!(
         metrics.sum("saga_audit_findings", &[("kind", "domain_check")]),
-        2.0
+        3.0
     );
     assert_eq!(
         metrics.sum("saga_audit_findings", &[("kind", "unknown_saga")]),
@@ -482,6 +512,14 @@ async fn the_consistency_page_runs_an_audit_and_shows_each_finding_with_both_rec
         b.text("#audit-findings tbody tr:last-child details")
             .await
             .contains("CreateAuthor")
+    );
+    // A replica drift has no orchestrator record: only the two participants' values are shown.
+    b.click("#audit-findings tbody tr:first-child details summary")
+        .await;
+    let records = b.text("#audit-findings tbody tr:first-child details").await;
+    assert!(
+        records.contains("cross_check") && !records.contains("Orchestrator"),
+        "{records}"
     );
     b.screenshot("6-consistency.png").await;
     stack.stop().await;

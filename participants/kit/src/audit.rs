@@ -318,7 +318,9 @@ async fn facts<D: Domain>(
 /// One page of a fact set kept in one table, for [`Domain::facts`]: `key` and `value` are SQL
 /// expressions over `from` (e.g. `"a.id"`, `"a.name"`, `"authors a"`), written in the service's
 /// code, never taken from a request. Keys are compared and ordered as text in byte order
-/// (`COLLATE "C"`, Rust's `str` order), after `after`, at most `limit`.
+/// (`COLLATE "C"`, Rust's `str` order), after `after`, at most `limit`. Give the table an index
+/// on that expression (`CREATE INDEX … ((id::text) COLLATE "C")`, as `migrations/user/0004` does)
+/// or every page sorts the whole table.
 pub async fn facts_page(
     conn: &mut sqlx::PgConnection,
     from: &str,

@@ -85,7 +85,9 @@ impl Domain for Users {
     }
 
     /// A succeeded `CreateUser` that was not undone: the user still exists. A succeeded
-    /// `ConfirmPost` (the pivot): its confirmed reservation is still there.
+    /// `ConfirmPost` (the pivot): its confirmed reservation is still there. A succeeded
+    /// `ReservePostQuota`: its reservation is still there, or — once `ReleasePostQuota` undid it —
+    /// no longer holds a slot.
     async fn check(
         &self,
         conn: &mut PgConnection,
@@ -131,6 +133,7 @@ impl Domain for Users {
                 ));
             }
         }
+        findings.extend(check_reservations(conn, entries).await?);
         Ok(findings)
     }
 
@@ -244,6 +247,49 @@ async fn delete_user(tx: &mut PgConnection, cmd: &Command) -> Result<Value, Doma
         .execute(tx)
         .await?;
     Ok(json!({ "deleted": deleted.rows_affected() > 0 }))
+}
+
+/// A succeeded `ReservePostQuota` holds a slot until the saga confirms the post (the reservation
+/// becomes `confirmed`) or releases it (`ReleasePostQuota` deletes it): a held reservation that
+/// is gone, or a released one still holding a slot, is drift.
+async fn check_reservations(
+    conn: &mut PgConnection,
+    entries: &[AuditedEntry<'_>],
+) -> Result<Vec<DomainFinding>, sqlx::Error> {
+    let reserved: Vec<&AuditedEntry<'_>> = entries
+        .iter()
+        .filter(|e| {
+            e.entry.phase == saga_proto::Phase::Action
+                && e.entry.command_type == "ReservePostQuota"
+                && e.entry.outcome == saga_proto::ledger::LedgerOutcome::Succeeded
+        })
+        .collect();
+    if reserved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sagas: Vec<Uuid> = reserved.iter().map(|e| e.entry.saga_id).collect();
+    let states: std::collections::HashMap<Uuid, String> =
+        sqlx::query_as("SELECT saga_id, state FROM post_reservations WHERE saga_id = ANY($1)")
+            .bind(&sagas)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    let mut findings = Vec::new();
+    for e in reserved {
+        match (e.undone, states.get(&e.entry.saga_id).map(String::as_str)) {
+            (false, None) => findings.push(e.finding(
+                "reservation_missing",
+                "the post quota slot this saga reserved is gone (no reservation)".into(),
+            )),
+            (true, Some("reserved")) => findings.push(e.finding(
+                "released_slot_still_reserved",
+                "this saga released its post quota slot, but the slot is still reserved".into(),
+            )),
+            _ => {}
+        }
+    }
+    Ok(findings)
 }
 
 /// Holds one post slot for this saga, if the user has one left.
