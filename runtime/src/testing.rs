@@ -274,12 +274,51 @@ impl Drop for TestPki {
     }
 }
 
-/// A free loopback port (bound and released; fine for tests).
+/// Where [`free_port`] takes ports from: below Linux's ephemeral range (32768–60999), where the
+/// kernel picks the source port of every outgoing connection and the port of every `bind(0)`,
+/// and clear of the fixed ports the scripts use (19092, 29092, …).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..28_000;
+
+/// A loopback port for a server a test starts in another process (a service, a broker).
+///
+/// A port found free by binding port 0 and releasing it can be taken before the server binds it:
+/// it lies in the ephemeral range, so any outgoing connection of any process (a database pool, a
+/// Kafka client) may get it as its source port, and another test's `bind(0)` may be handed it
+/// too — seen as "Address already in use" in a full suite run. So ports come from [`TEST_PORTS`],
+/// and each is reserved for the life of the test process by an exclusive lock on a file named after
+/// it (`flock`, released by the kernel when the process ends, however it ends): no two test
+/// processes, and no two calls in one, get the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("saga-test-ports");
+    std::fs::create_dir_all(&dir).expect("a directory for port reservations");
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Start somewhere else in each process, so processes rarely contend for the same files.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for i in 0..span {
+        let port = TEST_PORTS.start + ((seed as u64 + u64::from(i)) % u64::from(span)) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        // Reserved; still check nothing else (outside the tests) listens there.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return port;
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// An Apache Kafka broker of the test's own (`scripts/kafka.sh run`), for tests that kill it,
@@ -413,5 +452,33 @@ impl Drop for KafkaBroker {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_outside_the_ephemeral_range_and_reserved_against_other_processes() {
+        let ports: Vec<u16> = (0..40).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for &port in &ports {
+            assert!(TEST_PORTS.contains(&port), "{port}");
+            // Another process opening the reservation gets no lock (flock locks belong to open
+            // files, so a second open in this process is refused the same way).
+            let other = std::fs::OpenOptions::new()
+                .write(true)
+                .open(
+                    std::env::temp_dir()
+                        .join("saga-test-ports")
+                        .join(port.to_string()),
+                )
+                .unwrap();
+            assert!(other.try_lock().is_err(), "port {port} is not reserved");
+            // And the server can bind it.
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
     }
 }
