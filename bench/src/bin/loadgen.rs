@@ -38,6 +38,11 @@ struct Args {
     duration: f64,
     #[arg(long, value_enum, default_value_t = Mix::Register)]
     mix: Mix,
+    /// With `--mix register`: every Nth saga asks for the pen name of the saga before it, so one
+    /// of the two is refused by the post service and its user deleted again — the peers'
+    /// workload (`scripts/peers.sh`). 0: none.
+    #[arg(long, default_value_t = 0)]
+    compensate_every: u64,
     /// How long to wait for the last sagas to finish.
     #[arg(long, default_value_t = 120)]
     drain_secs: u64,
@@ -361,6 +366,7 @@ async fn report_periodically(
 /// The workload's saga requests.
 struct Workload {
     mix: Mix,
+    compensate_every: u64,
     run: String,
     users: Vec<String>,
     taken_emails: Vec<String>,
@@ -368,9 +374,15 @@ struct Workload {
 
 impl Workload {
     fn request(&self, n: u64) -> StartSagaRequest {
+        // Every `compensate_every`th saga takes the pen name of the one before it.
+        let twin = self.mix == Mix::Register
+            && self.compensate_every > 0
+            && n > 0
+            && n.is_multiple_of(self.compensate_every);
+        let name = format!("Load {} {}", self.run, if twin { n - 1 } else { n });
         let register = |email: String| StartSagaRequest {
             saga_type: "register_user".into(),
-            payload_json: json!({"email": email, "name": format!("Load {} {n}", self.run)}).to_string(),
+            payload_json: json!({"email": email, "name": name}).to_string(),
             idempotency_key: String::new(),
         };
         let fresh = || format!("load.{}.{n}@example.com", self.run);
@@ -450,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
     // The mixed workload needs existing users.
     let mut workload = Workload {
         mix: args.mix,
+        compensate_every: args.compensate_every,
         run: run.clone(),
         users: vec![],
         taken_emails: vec![],
@@ -639,8 +652,12 @@ async fn main() -> anyhow::Result<()> {
         Mode::Closed => format!("closed loop, {} clients for {:.0} s", args.clients, args.duration),
     };
     let mix = match args.mix {
-        Mix::Register => "register_user",
-        Mix::Mixed => "mixed (register, duplicate e-mail, publish, invalid title)",
+        Mix::Register if args.compensate_every > 0 => format!(
+            "register_user, every {}th asking for a pen name already taken (compensated)",
+            args.compensate_every
+        ),
+        Mix::Register => "register_user".to_owned(),
+        Mix::Mixed => "mixed (register, duplicate e-mail, publish, invalid title)".to_owned(),
     };
     println!("== load: {what}; {mix}");
     println!(
