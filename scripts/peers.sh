@@ -362,12 +362,12 @@ run_compare() {
     read -r -a o <<<"$(figures "${logs[0]}")"
     echo
     echo "== compare: $rate sagas/s offered for $duration s (open loop), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), PostgreSQL $(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atc 'SHOW server_version' | cut -d' ' -f1)"
+    # Ours runs loadgen with the same --compensate-every, unless flags after -- chose another mix.
     local ours_mix="${bench_args[*]}"
-    [ -n "$ours_mix" ] || ours_mix="loadgen's default --mix register: none refused"
     if [ "$every" -gt 0 ]; then
-        echo "workload: ours: register_user ($ours_mix); peers: register_user, every ${every}th refused at the second step (pen name taken) and compensated"
+        echo "workload: register_user, every ${every}th refused at the second step (pen name taken) and compensated${ours_mix:+ (ours with bench.sh flags: $ours_mix)}"
     else
-        echo "workload: ours: register_user ($ours_mix); peers: register_user, none refused"
+        echo "workload: register_user, none refused${ours_mix:+ (ours with bench.sh flags: $ours_mix)}"
     fi
     echo
     printf '| %-24s | %9s | %10s | %8s | %8s | %11s | %-26s | %-7s | %-7s | %-33s |\n' \
