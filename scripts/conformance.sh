@@ -47,13 +47,7 @@ done
 mkdir -p "$LOGS"
 pids=()
 broker_pid=""
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait "${pids[@]}" 2>/dev/null || true
-    stop_broker "$broker_pid"
-}
-trap cleanup EXIT
+trap stop_stack EXIT
 trap 'exit 130' INT TERM
 
 # Maven and a JDK 17+, from Debian; the first build fetches from Maven Central into ~/.m2, later

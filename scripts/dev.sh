@@ -27,13 +27,7 @@ LOGS="$SAGA_ROOT/target/dev"
 mkdir -p "$LOGS"
 pids=()
 broker_pid=""
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    stop_broker "$broker_pid"
-}
-trap cleanup EXIT
+trap stop_stack EXIT
 trap 'exit 130' INT TERM
 
 ensure_build_tools

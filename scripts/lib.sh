@@ -128,6 +128,15 @@ stop_broker() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# Stops the stack a script started: the processes in its `pids` array, then its broker
+# (`$broker_pid`). For `trap stop_stack EXIT`.
+stop_stack() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait "${pids[@]}" 2>/dev/null || true
+    stop_broker "$broker_pid"
+}
+
 # PyYAML for python3: k8s/tools/check_metrics.py reads the alert rules (an end-to-end test runs it).
 ensure_python_yaml() {
     python3 -c 'import yaml' 2>/dev/null && return 0
