@@ -320,13 +320,15 @@ pub async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSa
 /// Whether any saga's wake-up time has come: one lookup in the `wake_at` index, no transaction
 /// and no lock, so the timer's idle ticks cost one round trip.
 pub async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sagas WHERE wake_at <= $1)")
-            .bind(now)
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar(ANY_DUE).bind(now).fetch_one(pool).await?)
 }
+
+/// [`any_due`]'s statement: the earliest wake-up by the `wake_at` index, compared after. Written
+/// as `EXISTS (… WHERE wake_at <= $1)`, a table not yet analyzed was read whole (1.7 ms a tick at
+/// 3,000 sagas, `pg_stat_statements`); an ordered `LIMIT 1` takes the index whatever the
+/// statistics (tested in tests/api/plans.rs).
+pub const ANY_DUE: &str = "SELECT coalesce((SELECT wake_at FROM sagas WHERE wake_at IS NOT NULL \
+                           ORDER BY wake_at LIMIT 1) <= $1, false)";
 
 /// Locks up to `limit` sagas whose wake-up time has come, skipping those another replica holds.
 pub async fn lock_due(

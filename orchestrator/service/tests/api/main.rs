@@ -6,5 +6,6 @@ mod crash;
 mod flow;
 mod helpers;
 mod operator;
+mod plans;
 mod queries;
 mod start_saga;
