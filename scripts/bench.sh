@@ -10,6 +10,9 @@
 #   scripts/bench.sh --soak                           # 10 minutes at 150/s, mixed, a report a minute
 #   scripts/bench.sh --idle 60                        # no traffic: what the idle stack costs
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
+#
+# BENCH_BIN=DIR runs the binaries in DIR instead of building: an A/B of two builds on one machine
+# (copy target/release/{orchestrator,user-service,post-service,loadgen} aside, change, compare).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$SAGA_ROOT"
@@ -45,8 +48,15 @@ for db in bench_orchestrator bench_users bench_posts; do
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 done
 
-if $short; then profile=debug; cargo build --quiet --bins; else profile=release; cargo build --release --quiet --bins; fi
-bin="$SAGA_ROOT/target/$profile"
+if [[ -n "${BENCH_BIN:-}" ]]; then
+    bin="$BENCH_BIN"
+elif $short; then
+    cargo build --quiet --bins
+    bin="$SAGA_ROOT/target/debug"
+else
+    cargo build --release --quiet --bins
+    bin="$SAGA_ROOT/target/release"
+fi
 
 export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
 export APP_DATABASE__CREATE_IF_MISSING=true
