@@ -330,12 +330,12 @@ async fn a_compensation_that_never_succeeds_parks_the_saga_as_failed() {
     participant
         .answer(&command(&users.take(1, WAIT).await[0]), Answer::Ok("{}"))
         .await;
+    let create_author = command(&posts.take(1, WAIT).await[0]);
+    let at = app.view(&id).await.current_step;
     participant
-        .answer(
-            &command(&posts.take(1, WAIT).await[0]),
-            Answer::Business("pen name taken"),
-        )
+        .answer(&create_author, Answer::Business("pen name taken"))
         .await;
+    app.wait_past(&id, &at).await;
 
     // The user service never answers DeleteUser: each jump in time is a missed deadline or a
     // passed backoff, and the compensation keeps trying until its budget of an hour is spent.

@@ -184,6 +184,16 @@ impl TestApp {
         self.wait_for(id, state).await
     }
 
+    /// Polls until the saga has moved on from step `step` (its reply was applied). Before moving
+    /// time forward, a test waits for this: a jump while the reply is still on its way passes the
+    /// step's deadline first, and the saga takes another path.
+    pub async fn wait_past(&self, id: &str, step: &str) -> SagaView {
+        self.wait_until(id, &format!("past {step}"), |v| v.current_step != step)
+            .await
+            .saga
+            .expect("view")
+    }
+
     /// Polls until the saga reaches `state`.
     pub async fn wait_for(&self, id: &str, state: SagaState) -> SagaView {
         self.wait_until(id, &format!("{state:?}"), |v| v.state == state as i32)

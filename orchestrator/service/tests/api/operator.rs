@@ -26,12 +26,12 @@ async fn parked_saga(app: &TestApp) -> (String, saga_runtime::testing::TopicRead
     participant
         .answer(&command(&users.take(1, WAIT).await[0]), Answer::Ok("{}"))
         .await;
+    let create_author = command(&posts.take(1, WAIT).await[0]);
+    let at = app.view(&id).await.current_step;
     participant
-        .answer(
-            &command(&posts.take(1, WAIT).await[0]),
-            Answer::Business("pen name taken"),
-        )
+        .answer(&create_author, Answer::Business("pen name taken"))
         .await;
+    app.wait_past(&id, &at).await;
     // DeleteUser never answers: each jump in time is a missed deadline or a passed backoff, until
     // the compensation's budget of an hour is spent. Then every attempt sent is read, so the
     // reader holds only what comes after.
@@ -324,9 +324,10 @@ async fn retry_step_resends_a_pivot_that_never_answered() {
     participant
         .answer(&command(&users.take(1, WAIT).await[0]), Answer::Ok("{}"))
         .await;
-    participant
-        .answer(&command(&posts.take(1, WAIT).await[0]), Answer::Ok("{}"))
-        .await;
+    let create_post = command(&posts.take(1, WAIT).await[0]);
+    let at = app.view(&id).await.current_step;
+    participant.answer(&create_post, Answer::Ok("{}")).await;
+    app.wait_past(&id, &at).await;
     // ConfirmPost (the pivot) never answers: its 15-minute budget is spent, then the saga parks
     // instead of compensating.
     let view = app
