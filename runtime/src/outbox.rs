@@ -255,7 +255,7 @@ impl Session {
 
     /// The oldest rows of this session's lanes above the floor, skipping those in flight; moves
     /// the floor up when it safely can. The first of its two statements also deletes `done`
-    /// (acknowledged rows; the read still sees them, so it skips them too).
+    /// (acknowledged rows the pipeline already counts as finished).
     async fn read(&mut self, skip: &HashSet<i64>, done: &[i64], limit: i64) -> sqlx::Result<Vec<Row>> {
         if self.lanes.is_empty() {
             self.delete(done).await?;
