@@ -29,6 +29,10 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::now_v7().simple().to_string()[16..])
 }
 
+/// The `application_name` of the connections of a [`fresh_database`] pool: a test can tell its own
+/// sessions from the services' in `pg_stat_activity`.
+pub const TEST_SESSION_NAME: &str = "saga-test";
+
 /// A freshly created database with `migrator` applied. Returns the pool and the database URL.
 pub async fn fresh_database(migrator: &Migrator) -> (PgPool, String) {
     let server = database_server_url();
@@ -42,7 +46,7 @@ pub async fn fresh_database(migrator: &Migrator) -> (PgPool, String) {
         .await
         .expect("create test database");
     let url = format!("{}/{name}", server.trim_end_matches('/'));
-    let pool = PgPool::connect_with(admin.database(&name))
+    let pool = PgPool::connect_with(admin.database(&name).application_name(TEST_SESSION_NAME))
         .await
         .expect("connect to test database");
     migrator
