@@ -426,6 +426,55 @@ async fn consumer_loop_retries_transient_failures_and_dead_letters_poison() {
 }
 
 #[tokio::test]
+async fn a_planned_once_transaction_plans_generically_and_only_until_it_ends() {
+    let (pool, _) = fresh_database(&MIGRATOR).await;
+    // One connection, so every transaction below runs on the same session and its statements.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let plans = |pool: PgPool| async move {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE statement LIKE 'INSERT INTO outbox%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let row = message("t", "k", "v");
+
+    let mut tx = saga_runtime::db::begin_planned_once(&pool).await.unwrap();
+    outbox::enqueue(&mut tx, std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        outbox_rows(&pool).await,
+        0,
+        "the BEGIN sent with the setting began a transaction"
+    );
+    assert_eq!(plans(pool.clone()).await, (1, 0));
+
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        plans(pool.clone()).await,
+        (1, 1),
+        "outside, statements are planned for their parameters"
+    );
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}
+
+#[tokio::test]
 async fn the_relay_vacuums_the_outbox_it_empties() {
     let (pool, _) = fresh_database(&MIGRATOR).await;
     let kafka = kafka_settings();

@@ -230,18 +230,24 @@ struct InboxRow {
 /// Recorded outcomes by (saga, step, phase).
 type Book = HashMap<(Uuid, u32, Phase), Decision>;
 
-/// The recorded outcomes of every (saga, step) the commands name, both phases.
+/// The recorded outcomes of every step (both phases) of the sagas the commands name: a superset
+/// of the (saga, step) pairs asked about, which costs a few rows and saves planning. A lookup by
+/// `saga_id = ANY(…)` on the primary key's first column plans in a third of the time of the
+/// exact `(saga_id, step_index) IN (SELECT … FROM unnest(…))` semi-join (34 µs against 110 µs,
+/// measured with prepared statements on a 3,000-row inbox) and runs faster (22 against 32 µs);
+/// every statement is planned at each execution (`runtime::db`), so that is paid per batch.
 async fn recorded(
     tx: &mut PgConnection,
     commands: impl Iterator<Item = &Command>,
 ) -> Result<Book, sqlx::Error> {
-    let (sagas, steps): (Vec<Uuid>, Vec<i32>) = commands.map(|c| (c.saga_id, c.step_index as i32)).unzip();
+    let mut sagas: Vec<Uuid> = commands.map(|c| c.saga_id).collect();
+    sagas.sort_unstable();
+    sagas.dedup();
     let rows: Vec<InboxRow> = sqlx::query_as(
         "SELECT saga_id AS saga, step_index AS step, phase, outcome, reason, reply FROM inbox \
-         WHERE (saga_id, step_index) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))",
+         WHERE saga_id = ANY($1)",
     )
     .bind(sagas)
-    .bind(steps)
     .fetch_all(tx)
     .await?;
     Ok(rows
