@@ -463,9 +463,15 @@ pub fn dispatched(history: &[SagaEvent]) -> Vec<(u64, String)> {
 /// A service running as a process of its own: the test binary re-executes itself into the ignored
 /// test `processes::service_process`, which runs the service's real `serve` (what its binary runs),
 /// configured by `APP_…` and `OTEL_…` variables.
+///
+/// Its log (stdout, at `RUST_LOG=warn` unless `CHILD_LOG` says otherwise) goes to a file in the
+/// system's temporary directory, deleted when the process is dropped — unless the test is failing:
+/// then its last lines are printed, and the file is kept. (`CHILD_LOG=<filter>` sends the log to
+/// the test's own output instead.) Panics go to stderr, which the test shares.
 pub struct ServiceProcess {
     pub name: &'static str,
     child: std::process::Child,
+    log: Option<std::path::PathBuf>,
 }
 
 impl ServiceProcess {
@@ -484,12 +490,21 @@ impl ServiceProcess {
             std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if std::env::var_os("CHILD_LOG").is_none() {
-            cmd.stdout(std::process::Stdio::null());
-        }
+        let log = if std::env::var_os("CHILD_LOG").is_none() {
+            static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join("saga-e2e-logs");
+            std::fs::create_dir_all(&dir).expect("create the service log directory");
+            let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("{name}-{}-{n}.log", std::process::id()));
+            cmd.stdout(std::fs::File::create(&path).expect("create a service log file"));
+            Some(path)
+        } else {
+            None
+        };
         Self {
             name,
             child: cmd.spawn().expect("spawn service process"),
+            log,
         }
     }
 
@@ -536,6 +551,26 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
+        }
+        let Some(path) = &self.log else { return };
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        const LINES: usize = 40;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LINES)..];
+        eprintln!(
+            "--- {} (pid {}): last {} of {} log lines; the whole log is kept in {} ---",
+            self.name,
+            self.child.id(),
+            tail.len(),
+            lines.len(),
+            path.display()
+        );
+        for line in tail {
+            eprintln!("{line}");
         }
     }
 }
