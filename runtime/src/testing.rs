@@ -56,6 +56,20 @@ pub async fn fresh_database(migrator: &Migrator) -> (PgPool, String) {
     (pool, url)
 }
 
+/// Fails the test unless PostgreSQL has never analyzed `table` (so the planner knows only its size
+/// on disk): the state of a new deployment's tables, which plan checks reproduce.
+pub async fn assert_never_analyzed(pool: &PgPool, table: &str) {
+    let tuples: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = $1")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .expect("the table exists");
+    assert!(
+        tuples < 0.0,
+        "{table} must not have been analyzed, reltuples = {tuples}"
+    );
+}
+
 /// Kafka settings for one test: the shared broker, a topic prefix no other test uses, few partitions.
 pub fn kafka_settings() -> KafkaSettings {
     kafka_settings_for(&kafka_brokers())

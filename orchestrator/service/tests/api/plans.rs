@@ -5,7 +5,7 @@
 use chrono::Utc;
 use saga_orchestrator::startup::MIGRATOR;
 use saga_orchestrator::store;
-use saga_runtime::testing::fresh_database;
+use saga_runtime::testing::{assert_never_analyzed, fresh_database};
 use serde_json::Value;
 
 /// Node types of a JSON plan, depth first.
@@ -39,14 +39,7 @@ async fn the_timer_tick_reads_the_wake_index_on_a_table_never_analyzed() {
     .execute(&pool)
     .await
     .unwrap();
-    let analyzed: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'sagas'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(
-        analyzed < 0.0,
-        "the table must not have been analyzed, reltuples = {analyzed}"
-    );
+    assert_never_analyzed(&pool, "sagas").await;
 
     let explained: Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {}", store::ANY_DUE))
         .bind(Utc::now())
