@@ -1,7 +1,7 @@
 //! Live changes: one `LISTEN saga_changes` connection per orchestrator fans every saga change out
-//! to the watchers of this replica (WatchSaga, WatchSagas, later the dashboard). The trigger in
-//! `migrations/orchestrator/0003_saga_changes.sql` sends the saga's summary, so most watchers need
-//! no query of their own.
+//! to the watchers of this replica (WatchSaga, WatchSagas, the dashboard). The statement-level
+//! triggers of `migrations/orchestrator/0008_saga_changes_per_statement.sql` send each changed
+//! saga's summary, so most watchers need no query of their own.
 
 use std::time::Duration;
 

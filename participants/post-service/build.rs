@@ -1,0 +1,5 @@
+// `sqlx::migrate!` embeds the migrations at compile time; without this a migration added to the
+// directory would not rebuild the crate, and an incremental build would run without it.
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations/post");
+}
