@@ -20,7 +20,6 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod outbox;
-pub mod producer;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-util")]

@@ -14,39 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedMessage, ToBytes};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureRecord, ProducerContext};
+use rdkafka::message::{OwnedMessage, ToBytes};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord};
 use rdkafka::{ClientConfig, Timestamp};
 use tokio::sync::oneshot;
 
-pub use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 
-use crate::kafka::QuietContext;
+use super::context::{QuietContext, Report};
 
 /// How long the serving thread waits for an event before it looks whether it should stop.
 const POLL: Duration = Duration::from_secs(1);
 
-/// A delivery report on its way to whoever sent the record.
-type Report = oneshot::Sender<OwnedDeliveryResult>;
-
-impl ProducerContext for QuietContext {
-    type DeliveryOpaque = Box<Report>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, report: Box<Report>) {
-        let owned = match result {
-            Ok(m) => Ok(Delivery {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp: m.timestamp(),
-            }),
-            Err((e, m)) => Err((e.clone(), m.detach())),
-        };
-        // The sender may have stopped waiting; nothing to tell then.
-        let _ = report.send(owned);
-    }
-}
-
-/// An idempotent librdkafka producer (configured by [`crate::kafka::KafkaSettings`]) whose sends
+/// An idempotent librdkafka producer (configured by [`super::KafkaSettings`]) whose sends
 /// return futures of their delivery reports. Cheap to clone; clones share one producer. It
 /// dereferences to rdkafka's `BaseProducer`, so `flush`, `client` and the rest of rdkafka's
 /// `Producer` trait are at hand.
@@ -88,7 +68,7 @@ impl std::future::Future for DeliveryFuture {
 // code written for it reads the same.
 #[allow(clippy::result_large_err)]
 impl RawProducer {
-    pub(crate) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
+    pub(super) fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
         let producer: Arc<BaseProducer<QuietContext>> = Arc::new(config.create_with_context(QuietContext)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (served, stopping) = (producer.clone(), stop.clone());
