@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use saga_bench::audit::{AuditReport, Databases, audit};
 use saga_bench::client::Orchestrator;
-use saga_orchestrator::clock::ShiftedClock;
-use saga_orchestrator::settings::Settings as OrchestratorSettings;
-use saga_orchestrator::startup::{Application, MIGRATOR as ORCHESTRATOR_MIGRATOR};
+use saga_orchestrator::Settings as OrchestratorSettings;
+use saga_orchestrator::ShiftedClock;
+use saga_orchestrator::{Application, MIGRATOR as ORCHESTRATOR_MIGRATOR};
 use saga_participant::{Domain, ParticipantApp, ParticipantSettings, ServiceDefaults};
 use saga_proto::v1::{SagaEvent, SagaView};
 use saga_runtime::db::DatabaseSettings;

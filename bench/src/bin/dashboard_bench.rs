@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use saga_orchestrator::settings::Settings;
-use saga_orchestrator::startup::{Application, MIGRATOR};
+use saga_orchestrator::Settings;
+use saga_orchestrator::{Application, MIGRATOR};
 use saga_runtime::db::DatabaseSettings;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;

@@ -252,7 +252,7 @@ async fn a_saga_runs_through_a_sasl_ssl_listener_with_the_services_own_settings(
     // Only the listener the services use is SASL_SSL; the prefix keeps this test's topics apart.
     let prefix = format!("{}.", unique("sasl"));
     let grpc = free_port();
-    let (_, orchestrator_db) = fresh_database(&saga_orchestrator::startup::MIGRATOR).await;
+    let (_, orchestrator_db) = fresh_database(&saga_orchestrator::MIGRATOR).await;
     let (users_pool, users_db) = fresh_database(&user_service::MIGRATOR).await;
     let (posts_pool, posts_db) = fresh_database(&post_service::MIGRATOR).await;
     let env = |user: &str, pw: &str, db: String| -> Vec<(String, String)> {

@@ -295,8 +295,8 @@ async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
             "since=yesterday",
             "since: `yesterday` is not an RFC 3339 time like 2026-11-21T10:00:00Z",
         ),
-        ("limit=0", "limit: `0` is not a number from 1 to 200"),
-        ("limit=999", "limit: `999` is not a number from 1 to 200"),
+        ("limit=0", "limit: `0` is not a number from 1 to 500"),
+        ("limit=999", "limit: `999` is not a number from 1 to 500"),
         ("order=sideways", "order: `sideways` is not newest or oldest"),
         (
             "cursor=xyz",

@@ -48,7 +48,7 @@ async fn serving(port: u16, what: &str) {
 impl Cluster {
     async fn start(replicas: usize) -> Self {
         let kafka = kafka_settings();
-        let (orchestrator, orchestrator_url) = fresh_database(&saga_orchestrator::startup::MIGRATOR).await;
+        let (orchestrator, orchestrator_url) = fresh_database(&saga_orchestrator::MIGRATOR).await;
         let (users, users_url) = fresh_database(&user_service::MIGRATOR).await;
         let (posts, posts_url) = fresh_database(&post_service::MIGRATOR).await;
         let mut cluster = Self {

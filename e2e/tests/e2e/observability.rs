@@ -23,7 +23,7 @@ struct Processes {
 
 async fn start_processes(otlp_endpoint: Option<&str>, extra: &[(&str, &str)]) -> Processes {
     let kafka = kafka_settings();
-    let (_, orchestrator_db) = fresh_database(&saga_orchestrator::startup::MIGRATOR).await;
+    let (_, orchestrator_db) = fresh_database(&saga_orchestrator::MIGRATOR).await;
     let (_, users_db) = fresh_database(&user_service::MIGRATOR).await;
     let (_, posts_db) = fresh_database(&post_service::MIGRATOR).await;
     let (grpc, http) = (free_port(), free_port());

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use saga_orchestrator::settings::Settings;
-use saga_orchestrator::startup::{Application, MIGRATOR};
+use saga_orchestrator::Settings;
+use saga_orchestrator::{Application, MIGRATOR};
 use saga_runtime::db::DatabaseSettings;
 use saga_runtime::testing::{TestPki, fresh_database, kafka_settings};
 use tokio::task::JoinHandle;

@@ -3,10 +3,10 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = saga_orchestrator::settings::Settings::load()?;
+    let settings = saga_orchestrator::Settings::load()?;
     match std::env::args().nth(1).as_deref() {
-        None => saga_orchestrator::startup::serve(settings).await,
-        Some("migrate") => saga_orchestrator::startup::migrate(settings).await,
+        None => saga_orchestrator::serve(settings).await,
+        Some("migrate") => saga_orchestrator::migrate(settings).await,
         Some(other) => anyhow::bail!("unknown command `{other}` (usage: orchestrator [migrate])"),
     }
 }

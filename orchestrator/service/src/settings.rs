@@ -8,6 +8,7 @@ use saga_runtime::http::HttpSettings;
 
 use crate::audit::AuditSettings;
 use crate::auth::AuthSettings;
+use crate::jobs::JobSettings;
 use saga_runtime::kafka::KafkaSettings;
 use saga_runtime::outbox::RelaySettings;
 use saga_runtime::telemetry::LogFormat;
@@ -19,7 +20,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub grpc: GrpcSettings,
-    /// Metrics, health and (later) the dashboard.
+    /// Metrics, health and the dashboard.
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
@@ -33,6 +34,8 @@ pub struct Settings {
     pub operator: OperatorSettings,
     /// The consistency audit: participants' ledger endpoints, the periodic audit.
     pub audit: AuditSettings,
+    /// Operator bulk work (durable jobs): whether this replica works them, and its lease.
+    pub jobs: JobSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             operator: OperatorSettings::default(),
             audit: AuditSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }

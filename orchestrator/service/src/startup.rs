@@ -21,7 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
-use crate::api::SagaApi;
+use crate::api::Api;
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
@@ -29,6 +29,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::coordinator::replies::ReplyHandler;
 use crate::coordinator::{Coordinator, StartWriter, timers};
 use crate::dashboard::{self, Dashboard};
+use crate::grpc::SagaApi;
+use crate::jobs::{self, JobRunner};
 use crate::settings::Settings;
 use crate::watch::Changes;
 use crate::wire::Routing;
@@ -246,22 +248,20 @@ impl Application {
                 Box::pin(crate::store::sample_gauges(sagas.clone()))
             })],
         };
+        let wake = jobs::Wake::default();
+        if settings.jobs.enabled {
+            let runner = JobRunner::new(coordinator.clone(), settings.jobs.clone(), wake.clone());
+            tasks.spawn(runner.run(shutdown.clone()));
+        }
+        let api = Api::new(coordinator, auth, settings.operator.clone(), wake);
         let board = dashboard::router(Dashboard {
-            coordinator: coordinator.clone(),
-            auth: auth.clone(),
+            api: api.clone(),
             changes: changes.clone(),
             shutdown: shutdown.clone(),
             auditor: auditor.clone(),
         });
         tasks.spawn(http::serve(http, http::router(probes, board), shutdown.clone()));
-        let api = SagaApi::new(
-            coordinator,
-            auth,
-            changes,
-            settings.operator.clone(),
-            shutdown.clone(),
-        )
-        .with_auditor(auditor);
+        let api = SagaApi::new(api, changes, shutdown.clone()).with_auditor(auditor);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SagaOrchestratorServer<SagaApi>>().await;

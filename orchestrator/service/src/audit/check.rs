@@ -65,10 +65,6 @@ impl FindingKind {
             FindingKind::ReplicaDrift => "replica_drift",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
 }
 
 /// One disagreement, with both sides' records.

@@ -29,7 +29,7 @@ use crate::store::{NewEvent, RowWrite, SagaWrite, StoreError, StoredSaga};
 use crate::wire::{self, Routing};
 
 pub use operator::{ReplayOutcome, ReplayReport};
-pub use start::{MAX_IDEMPOTENCY_KEY_LEN, StartError, StartWriter, Started};
+pub use start::{StartError, StartWriter};
 
 /// How often a write that lost an optimistic-concurrency race is re-read and retried.
 const CONFLICT_RETRIES: usize = 8;

@@ -1,7 +1,9 @@
 //! Operator actions — abort, compensation replay, retry — as engine inputs, written like any
 //! other decision and recorded with the operator as the actor; and their dry runs.
 
-use saga_engine::{Command, Decision, EngineError, Input, SagaId, SagaState, decide};
+use chrono::{DateTime, Utc};
+use saga_engine::{Command, Decision, EngineError, Input, SagaDefinition, SagaId, SagaState, decide};
+use sqlx::PgConnection;
 
 use super::{Applied, ApplyError, Coordinator, metrics, retry_conflicts, saga_span, write_of};
 use crate::store;
@@ -23,27 +25,80 @@ pub struct ReplayReport {
     pub commands: Vec<Command>,
 }
 
+impl ReplayOutcome {
+    /// The outcome as stored and shown (`replayed`, `already_in_progress`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::WouldReplay => "would_replay",
+            Self::AlreadyInProgress => "already_in_progress",
+            Self::AlreadyCompensated => "already_compensated",
+            Self::NotReplayable(_) => "not_replayable",
+        }
+    }
+
+    /// Why nothing was sent, when nothing was.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Replayed | Self::WouldReplay => "",
+            Self::AlreadyInProgress => "compensation is already in progress",
+            Self::AlreadyCompensated => "the saga is already compensated",
+            Self::NotReplayable(why) => why,
+        }
+    }
+}
+
+/// An operator action decided and written in a transaction that is not committed yet: once the
+/// caller commits, [`Acted::committed`] records its metrics and says what it did.
+pub(crate) struct Acted<'c> {
+    def: &'c SagaDefinition,
+    decision: Decision,
+    version: i64,
+    now: DateTime<Utc>,
+}
+
+impl Acted<'_> {
+    pub(crate) fn committed(self) -> Applied {
+        metrics::observe(self.def, &self.decision, self.now);
+        Applied {
+            changed: self.decision.changed,
+            state: self.decision.saga.state,
+            version: self.version + i64::from(self.decision.changed),
+            saga: self.decision.saga,
+            commands: self.decision.commands,
+        }
+    }
+}
+
 impl Coordinator {
     /// Applies an operator action; the operator is recorded as the actor of its history events.
     #[tracing::instrument(skip_all, fields(saga_id = %id, operator = operator))]
     pub async fn act(&self, id: SagaId, input: &Input, operator: &str) -> Result<Applied, ApplyError> {
-        let actor = format!("operator:{operator}");
-        let causation = format!("operator/{operator}");
-        let applied = retry_conflicts(|| self.try_act(id, input, &actor, &causation)).await?;
+        let applied = retry_conflicts(|| async {
+            let mut tx = self.pool.begin().await?;
+            let acted = self.act_in(&mut tx, id, input, operator).await?;
+            tx.commit().await?;
+            Ok(acted.committed())
+        })
+        .await?;
         tracing::info!(state = %applied.state, changed = applied.changed, "operator action applied");
         Ok(applied)
     }
 
-    /// Load → decide → commit, once.
-    async fn try_act(
+    /// Load → decide → write an operator action in the caller's transaction, without committing
+    /// it: for work that must commit with the action (a job's progress). A lost
+    /// optimistic-concurrency race is [`crate::store::StoreError::Conflict`]: roll back and try
+    /// again.
+    pub(crate) async fn act_in(
         &self,
+        tx: &mut PgConnection,
         id: SagaId,
         input: &Input,
-        actor: &str,
-        causation: &str,
-    ) -> Result<Applied, ApplyError> {
-        let mut tx = self.pool.begin().await?;
-        let stored = store::load(&mut tx, id)
+        operator: &str,
+    ) -> Result<Acted<'_>, ApplyError> {
+        let actor = format!("operator:{operator}");
+        let causation = format!("operator/{operator}");
+        let stored = store::load(&mut *tx, id)
             .await?
             .ok_or(ApplyError::UnknownSaga(id))?;
         let def = self.definition(&stored)?;
@@ -51,20 +106,17 @@ impl Coordinator {
         let decision = decide(def, &stored.saga, input, now)?;
         // The commands continue the saga's own trace (an operator's call arrives without it).
         let trace = saga_span("operator action", &stored).in_scope(saga_runtime::trace::current_headers);
-        let messages = self.messages(&decision, causation, &trace);
+        let messages = self.messages(&decision, &causation, &trace);
         store::commit(
-            &mut tx,
-            &[write_of(def, &stored, &decision, actor, now, messages)],
+            &mut *tx,
+            &[write_of(def, &stored, &decision, &actor, now, messages)],
         )
         .await?;
-        tx.commit().await?;
-        metrics::observe(def, &decision, now);
-        Ok(Applied {
-            changed: decision.changed,
-            state: decision.saga.state,
-            version: stored.version + i64::from(decision.changed),
-            saga: decision.saga,
-            commands: decision.commands,
+        Ok(Acted {
+            def,
+            decision,
+            version: stored.version,
+            now,
         })
     }
 
@@ -86,9 +138,7 @@ impl Coordinator {
         dry_run: bool,
         operator: &str,
     ) -> Result<ReplayReport, ApplyError> {
-        let input = Input::ReplayCompensation {
-            reason: reason.to_owned(),
-        };
+        let input = replay_input(reason);
         let result = if dry_run {
             self.plan(id, &input)
                 .await
@@ -98,20 +148,52 @@ impl Coordinator {
                 .await
                 .map(|a| (a.changed, a.state, a.commands))
         };
-        let (outcome, commands) = match result {
-            Ok((true, _, commands)) if dry_run => (ReplayOutcome::WouldReplay, commands),
-            Ok((true, _, commands)) => (ReplayOutcome::Replayed, commands),
-            Ok((false, SagaState::Compensated, _)) => (ReplayOutcome::AlreadyCompensated, vec![]),
-            Ok((false, _, _)) => (ReplayOutcome::AlreadyInProgress, vec![]),
-            Err(ApplyError::Engine(EngineError::NotAllowed(why))) => {
-                (ReplayOutcome::NotReplayable(why), vec![])
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(ReplayReport {
-            saga_id: id,
-            outcome,
-            commands,
-        })
+        replay_report(id, dry_run, result)
     }
+
+    /// [`Coordinator::replay`] in the caller's transaction (see [`Coordinator::act_in`]): the
+    /// report, and the action to confirm once committed (none when nothing was written).
+    pub(crate) async fn replay_in<'c>(
+        &'c self,
+        tx: &mut PgConnection,
+        id: SagaId,
+        reason: &str,
+        operator: &str,
+    ) -> Result<(ReplayReport, Option<Acted<'c>>), ApplyError> {
+        match self.act_in(tx, id, &replay_input(reason), operator).await {
+            Ok(acted) => {
+                let d = &acted.decision;
+                let report = replay_report(id, false, Ok((d.changed, d.saga.state, d.commands.clone())))?;
+                Ok((report, Some(acted)))
+            }
+            Err(e) => Ok((replay_report(id, false, Err(e))?, None)),
+        }
+    }
+}
+
+fn replay_input(reason: &str) -> Input {
+    Input::ReplayCompensation {
+        reason: reason.to_owned(),
+    }
+}
+
+/// What a replay (or its dry run) came to, from what the engine decided.
+fn replay_report(
+    id: SagaId,
+    dry_run: bool,
+    result: Result<(bool, SagaState, Vec<Command>), ApplyError>,
+) -> Result<ReplayReport, ApplyError> {
+    let (outcome, commands) = match result {
+        Ok((true, _, commands)) if dry_run => (ReplayOutcome::WouldReplay, commands),
+        Ok((true, _, commands)) => (ReplayOutcome::Replayed, commands),
+        Ok((false, SagaState::Compensated, _)) => (ReplayOutcome::AlreadyCompensated, vec![]),
+        Ok((false, _, _)) => (ReplayOutcome::AlreadyInProgress, vec![]),
+        Err(ApplyError::Engine(EngineError::NotAllowed(why))) => (ReplayOutcome::NotReplayable(why), vec![]),
+        Err(e) => return Err(e),
+    };
+    Ok(ReplayReport {
+        saga_id: id,
+        outcome,
+        commands,
+    })
 }

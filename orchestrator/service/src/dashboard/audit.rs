@@ -4,29 +4,18 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, Dashboard, authorization};
-use crate::audit::{AuditError, AuditReport, AuditRequest};
+use super::{Body, Dashboard, authorization, given};
+use crate::api::ApiError;
+use crate::audit::{AuditReport, AuditRequest};
 
 /// The longest window the page may ask for, in hours (30 days).
 const MAX_HOURS: u64 = 720;
-
-impl From<AuditError> for ApiError {
-    fn from(e: AuditError) -> Self {
-        match e {
-            AuditError::InvalidRequest(m) => ApiError::bad(m),
-            e @ (AuditError::Ledger(_) | AuditError::Database(_)) => {
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
-            e @ AuditError::Corrupt(..) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
-    }
-}
 
 fn report_json(r: Option<&AuditReport>, d: &Dashboard) -> Value {
     json!({
@@ -38,43 +27,42 @@ fn report_json(r: Option<&AuditReport>, d: &Dashboard) -> Value {
 }
 
 pub(super) async fn last(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, ApiError> {
-    d.auth.reader(authorization(&headers))?;
+    d.api.reader(authorization(&headers))?;
     let last = d.auditor.last();
     Ok(axum::Json(report_json(last.as_deref(), &d)).into_response())
+}
+
+/// `POST /api/audit`'s body (both fields optional).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunBody {
+    /// The window: sagas created in the last this many hours (24 when left out).
+    since_hours: Option<u64>,
+    /// Only sagas of this type.
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
 }
 
 pub(super) async fn run(
     State(d): State<Dashboard>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Body<RunBody>, ApiError>,
 ) -> Result<Response, ApiError> {
-    d.auth.reader(authorization(&headers))?;
-    let v: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))?
-    };
-    let hours = match &v["since_hours"] {
-        Value::Null => 24,
-        n => match n.as_u64() {
-            Some(h) if (1..=MAX_HOURS).contains(&h) => h,
-            _ => {
-                return Err(ApiError::bad(format!(
-                    "since_hours: a whole number from 1 to {MAX_HOURS}"
-                )));
-            }
-        },
-    };
-    let saga_type = match &v["type"] {
-        Value::Null => None,
-        Value::String(t) if t.is_empty() => None,
-        Value::String(t) => Some(t.clone()),
-        _ => return Err(ApiError::bad("type: a saga type name")),
+    d.api.reader(authorization(&headers))?;
+    let Body(b) = body?;
+    let hours = match b.since_hours {
+        None => 24,
+        Some(h) if (1..=MAX_HOURS).contains(&h) => h,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "since_hours: a whole number from 1 to {MAX_HOURS}"
+            )));
+        }
     };
     let request = AuditRequest {
-        since: d.coordinator.now() - chrono::Duration::hours(hours as i64),
+        since: d.api.coordinator().now() - chrono::Duration::hours(hours as i64),
         until: None,
-        saga_type,
+        saga_type: given(&b.saga_type).map(str::to_owned),
         unfinished_after: None::<Duration>,
     };
     let report = d.auditor.run(&request).await?;

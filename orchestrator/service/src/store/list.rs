@@ -7,8 +7,10 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-/// Filters for [`list`]. Results are newest first. Every set field must match.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Filters for [`list`]. Results are newest first. Every set field must match. Stored with a
+/// job as JSON (`operator_jobs.params`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ListFilter {
     pub saga_type: Option<String>,
     pub state: Option<SagaState>,

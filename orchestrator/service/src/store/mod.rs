@@ -12,6 +12,8 @@
 
 mod gauges;
 mod list;
+#[cfg(test)]
+mod plans;
 mod write;
 
 use std::collections::BTreeMap;
@@ -128,7 +130,7 @@ pub async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, St
 /// [`any_due`]'s statement: the earliest wake-up by the `wake_at` index, compared after. Written
 /// as `EXISTS (… WHERE wake_at <= $1)`, a table not yet analyzed was read whole (1.7 ms a tick at
 /// 3,000 sagas, `pg_stat_statements`); an ordered `LIMIT 1` takes the index whatever the
-/// statistics (tested in tests/api/plans.rs).
+/// statistics (tested in `plans.rs` here).
 pub const ANY_DUE: &str = "SELECT coalesce((SELECT wake_at FROM sagas WHERE wake_at IS NOT NULL \
                            ORDER BY wake_at LIMIT 1) <= $1, false)";
 

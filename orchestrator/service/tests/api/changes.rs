@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use saga_orchestrator::startup::MIGRATOR;
-use saga_orchestrator::watch::{CHANNEL, Change};
+use saga_orchestrator::MIGRATOR;
+use saga_orchestrator::{CHANGES_CHANNEL as CHANNEL, Change};
 use saga_runtime::testing::fresh_database;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use rdkafka::producer::FutureRecord;
-use saga_orchestrator::clock::ShiftedClock;
-use saga_orchestrator::settings::Settings;
-use saga_orchestrator::startup::{Application, MIGRATOR};
+use saga_orchestrator::Settings;
+use saga_orchestrator::ShiftedClock;
+use saga_orchestrator::{Application, MIGRATOR};
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
 use saga_proto::v1::{
     CommandEnvelope, GetSagaRequest, GetSagaResponse, Outcome, ReplyEnvelope, SagaState, SagaView,
@@ -37,6 +37,8 @@ pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// The HTTP port: metrics, health and the dashboard's API.
+    pub http_addr: std::net::SocketAddr,
     pub client: SagaOrchestratorClient<Channel>,
     pub pool: PgPool,
     pub db_url: String,
@@ -96,6 +98,7 @@ pub async fn spawn_on(
         .await
         .expect("orchestrator builds");
     let addr = app.grpc_addr();
+    let http_addr = app.http_addr();
     let mut assigned = app.reply_partitions();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -109,6 +112,7 @@ pub async fn spawn_on(
     }
     TestApp {
         addr,
+        http_addr,
         client,
         pool,
         db_url,
@@ -218,6 +222,44 @@ impl TestApp {
             assert!(Instant::now() < deadline, "saga {id}: never {what}: {got:#?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `n` register_user sagas parked as failed: CreateAuthor refused, DeleteUser never
+    /// answered until its hour of budget is spent (time is moved, not waited out). Returns their
+    /// ids and a reader of user.commands past every DeleteUser attempt sent so far.
+    pub async fn parked(&self, n: usize) -> (Vec<String>, TopicReader) {
+        let (users, posts) = (
+            self.reader("user.commands").await,
+            self.reader("post.commands").await,
+        );
+        let participant = self.participant();
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(self.register(&format!("parked{i}@example.com")).await);
+        }
+        for record in users.take(n, WAIT).await {
+            participant.answer(&command(&record), Answer::Ok("{}")).await;
+        }
+        for record in posts.take(n, WAIT).await {
+            participant
+                .answer(&command(&record), Answer::Business("pen name taken"))
+                .await;
+        }
+        for id in &ids {
+            self.wait_past(id, "create_author").await;
+        }
+        // Each jump in time is a missed deadline or a passed backoff of every DeleteUser, until
+        // the compensations' budget of an hour is spent. Then every attempt sent is read, so the
+        // reader holds only what comes after.
+        let mut attempts = 0;
+        for id in &ids {
+            let view = self
+                .jump_until(id, SagaState::Failed, chrono::TimeDelta::minutes(10))
+                .await;
+            attempts += view.steps[0].compensation.as_ref().expect("compensation").attempt as usize;
+        }
+        users.take(attempts, WAIT).await;
+        (ids, users)
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

@@ -17,30 +17,8 @@ use crate::helpers::{
 
 /// A register_user saga parked as failed: CreateAuthor refused, DeleteUser never answered.
 async fn parked_saga(app: &TestApp) -> (String, saga_runtime::testing::TopicReader) {
-    let (users, posts) = (
-        app.reader("user.commands").await,
-        app.reader("post.commands").await,
-    );
-    let participant = app.participant();
-    let id = app.register("parked@example.com").await;
-    participant
-        .answer(&command(&users.take(1, WAIT).await[0]), Answer::Ok("{}"))
-        .await;
-    let create_author = command(&posts.take(1, WAIT).await[0]);
-    let at = app.view(&id).await.current_step;
-    participant
-        .answer(&create_author, Answer::Business("pen name taken"))
-        .await;
-    app.wait_past(&id, &at).await;
-    // DeleteUser never answers: each jump in time is a missed deadline or a passed backoff, until
-    // the compensation's budget of an hour is spent. Then every attempt sent is read, so the
-    // reader holds only what comes after.
-    let view = app
-        .jump_until(&id, SagaState::Failed, TimeDelta::minutes(10))
-        .await;
-    let attempts = view.steps[0].compensation.as_ref().unwrap().attempt as usize;
-    users.take(attempts, WAIT).await;
-    (id, users)
+    let (mut ids, users) = app.parked(1).await;
+    (ids.remove(0), users)
 }
 
 /// How many attempts the parked compensation of step 0 made.

@@ -125,7 +125,7 @@ async fn list_sagas_pages_newest_first_and_filters() {
                 page_size: 501,
                 ..Default::default()
             },
-            "page_size: at most 500, got 501",
+            "page_size: `501` is not a number from 1 to 500",
         ),
         (
             ListSagasRequest {

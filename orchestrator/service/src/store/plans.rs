@@ -1,10 +1,10 @@
-//! Query plans that must not depend on statistics: statements that run all the time read by an
-//! index even on a table PostgreSQL has not analyzed yet (a new deployment's first minutes, or
-//! a table that grew faster than autovacuum looks).
+//! Query plans that must not depend on statistics, against a real database: statements that run
+//! all the time read by an index even on a table PostgreSQL has not analyzed yet (a new
+//! deployment's first minutes, or a table that grew faster than autovacuum looks).
 
+use super::{ANY_DUE, any_due};
+use crate::startup::MIGRATOR;
 use chrono::Utc;
-use saga_orchestrator::startup::MIGRATOR;
-use saga_orchestrator::store;
 use saga_runtime::testing::{assert_never_analyzed, fresh_database};
 use serde_json::Value;
 
@@ -41,7 +41,7 @@ async fn the_timer_tick_reads_the_wake_index_on_a_table_never_analyzed() {
     .unwrap();
     assert_never_analyzed(&pool, "sagas").await;
 
-    let explained: Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {}", store::ANY_DUE))
+    let explained: Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {}", ANY_DUE))
         .bind(Utc::now())
         .fetch_one(&pool)
         .await
@@ -52,12 +52,9 @@ async fn the_timer_tick_reads_the_wake_index_on_a_table_never_analyzed() {
         nodes.iter().any(|n| n.starts_with("Index")) && !nodes.iter().any(|n| n == "Seq Scan"),
         "the timer's tick must read the wake_at index, not the table: {nodes:?}"
     );
+    assert!(!any_due(&pool, Utc::now()).await.unwrap(), "nothing is due yet");
     assert!(
-        !store::any_due(&pool, Utc::now()).await.unwrap(),
-        "nothing is due yet"
-    );
-    assert!(
-        store::any_due(&pool, Utc::now() + chrono::Duration::hours(2))
+        any_due(&pool, Utc::now() + chrono::Duration::hours(2))
             .await
             .unwrap(),
         "due once the hour has passed"

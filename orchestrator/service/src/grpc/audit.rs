@@ -2,36 +2,15 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use saga_proto::v1 as pb;
-use tonic::Status;
 
-use super::convert::ts;
-use crate::audit::{AuditError, AuditReport, AuditRequest, Auditor};
-
-impl From<AuditError> for Status {
-    fn from(e: AuditError) -> Self {
-        match e {
-            AuditError::InvalidRequest(m) => Status::invalid_argument(m),
-            AuditError::Ledger(e) => Status::unavailable(format!("cannot read a participant's ledger: {e}")),
-            AuditError::Database(e) => Status::unavailable(format!("the orchestrator database: {e}")),
-            e @ AuditError::Corrupt(..) => Status::internal(e.to_string()),
-        }
-    }
-}
-
-fn time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
-    t.map(|t| {
-        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-            .ok_or_else(|| Status::invalid_argument(format!("{field}: not a valid time")))
-    })
-    .transpose()
-}
+use super::convert::{time, ts};
+use crate::api::ApiError;
+use crate::audit::{AuditReport, AuditRequest, Auditor};
 
 /// Validates the request, runs the audit, and converts its report.
-pub(super) async fn run(auditor: &Auditor, r: pb::RunAuditRequest) -> Result<pb::AuditReport, Status> {
-    let since =
-        time("since", r.since.as_ref())?.ok_or_else(|| Status::invalid_argument("since: required"))?;
+pub(super) async fn run(auditor: &Auditor, r: pb::RunAuditRequest) -> Result<pb::AuditReport, ApiError> {
+    let since = time("since", r.since.as_ref())?.ok_or_else(|| ApiError::invalid("since: required"))?;
     let request = AuditRequest {
         since,
         until: time("until", r.until.as_ref())?,
@@ -44,7 +23,7 @@ pub(super) async fn run(auditor: &Auditor, r: pb::RunAuditRequest) -> Result<pb:
     Ok(report_pb(&report))
 }
 
-pub fn report_pb(r: &AuditReport) -> pb::AuditReport {
+fn report_pb(r: &AuditReport) -> pb::AuditReport {
     pb::AuditReport {
         since: Some(ts(r.since)),
         until: Some(ts(r.until)),

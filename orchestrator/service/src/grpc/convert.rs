@@ -1,18 +1,19 @@
-//! Protobuf ↔ domain conversions and request validation for the gRPC API. Every refusal names
-//! the request field at fault.
+//! Protobuf ↔ domain conversions for the gRPC API. Requests are parsed by the shared rules of
+//! [`crate::api::request`]; here only the protobuf shapes are read (every refusal names the
+//! request field at fault) and the answers written.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
-use saga_engine::{Command, PhaseRecord, PhaseStatus, SagaDefinition, SagaId, SagaState};
+use saga_engine::{PhaseRecord, PhaseStatus, SagaDefinition, SagaState};
 use saga_proto::v1 as pb;
-use tonic::Status;
 
+use crate::api::request;
+use crate::api::{ApiError, Planned, planned};
 use crate::catalog::Catalog;
-use crate::store::{self, ListFilter, SagaSummary, StoredSaga};
+use crate::coordinator::ReplayReport;
+use crate::jobs::{Job, JobItem, JobState};
+use crate::store::{ListFilter, SagaSummary, StoredSaga};
 use crate::watch::Change;
-
-/// Longest accepted operator reason.
-pub const MAX_REASON_CHARS: usize = 500;
 
 pub fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -109,76 +110,76 @@ pub fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb::SagaV
     }
 }
 
-pub fn parse_id(field: &str, raw: &str) -> Result<SagaId, Status> {
-    if raw.is_empty() {
-        return Err(Status::invalid_argument(format!("{field}: required")));
-    }
-    raw.parse::<SagaId>()
-        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
-}
-
-fn time(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, Status> {
+pub fn time(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, ApiError> {
     t.map(|t| {
         DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-            .ok_or_else(|| Status::invalid_argument(format!("{field}: not a valid time")))
+            .ok_or_else(|| ApiError::invalid(format!("{field}: not a valid time")))
     })
     .transpose()
 }
 
-/// Validates a filter. `catalog` rejects unknown saga types, so a typo is an error rather than an
-/// empty result.
-pub fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<ListFilter, Status> {
+/// `Some` for a non-empty proto3 string (empty means unset).
+fn set(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A filter, by the shared rules (`catalog` rejects unknown saga types, so a typo is an error
+/// rather than an empty result).
+pub fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<ListFilter, ApiError> {
     let Some(f) = f else {
         return Ok(ListFilter::default());
     };
-    let saga_type = (!f.saga_type.is_empty()).then(|| f.saga_type.clone());
-    if let Some(t) = &saga_type
-        && catalog.latest(t).is_none()
-    {
-        let known = catalog.names().join(", ");
-        return Err(Status::invalid_argument(format!(
-            "filter.saga_type: unknown saga type `{t}` (known: {known})"
-        )));
-    }
+    let named = |field: &'static str| move |e: ApiError| e.in_field(field);
     let state = pb::SagaState::try_from(f.state)
-        .map_err(|_| Status::invalid_argument(format!("filter.state: {} is not a saga state", f.state)))?;
-    let ids = if f.id_prefix.is_empty() {
-        None
-    } else {
-        Some(
-            store::id_range(&f.id_prefix)
-                .map_err(|e| Status::invalid_argument(format!("filter.id_prefix: {e}")))?,
-        )
-    };
+        .map_err(|_| ApiError::invalid(format!("filter.state: {} is not a saga state", f.state)))?;
     Ok(ListFilter {
-        saga_type,
+        saga_type: set(&f.saga_type)
+            .map(|t| request::saga_type(catalog, t))
+            .transpose()
+            .map_err(named("filter.saga_type"))?,
         state: state_from_pb(state),
-        current_step: (!f.current_step.is_empty()).then(|| f.current_step.clone()),
+        current_step: set(&f.current_step)
+            .map(request::step_name)
+            .transpose()
+            .map_err(named("filter.current_step"))?,
         created_after: time("filter.created_after", f.created_after.as_ref())?,
         created_before: time("filter.created_before", f.created_before.as_ref())?,
         updated_after: time("filter.updated_after", f.updated_after.as_ref())?,
         updated_before: time("filter.updated_before", f.updated_before.as_ref())?,
-        ids,
-        idempotency_key: (!f.idempotency_key.is_empty()).then(|| f.idempotency_key.clone()),
+        ids: set(&f.id_prefix)
+            .map(request::id_prefix)
+            .transpose()
+            .map_err(named("filter.id_prefix"))?,
+        idempotency_key: set(&f.idempotency_key).map(str::to_owned),
         cursor: None,
         ascending: false,
     })
 }
 
-/// An operator's reason: required, bounded, recorded in history.
-pub fn reason(raw: &str) -> Result<String, Status> {
-    let r = raw.trim();
-    if r.is_empty() {
-        return Err(Status::invalid_argument(
-            "reason: required; it is recorded in the saga's history",
-        ));
+/// A stored filter as the request that would select the same sagas.
+pub fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
+    pb::SagaFilter {
+        saga_type: f.saga_type.clone().unwrap_or_default(),
+        state: f.state.map_or(pb::SagaState::Unspecified, state_to_pb) as i32,
+        current_step: f.current_step.clone().unwrap_or_default(),
+        created_after: f.created_after.map(ts),
+        created_before: f.created_before.map(ts),
+        updated_after: f.updated_after.map(ts),
+        updated_before: f.updated_before.map(ts),
+        // A prefix's range is `prefix000…` to `prefixfff…`: their common start is the prefix.
+        id_prefix: f
+            .ids
+            .map(|(lo, hi)| {
+                let (lo, hi) = (lo.simple().to_string(), hi.simple().to_string());
+                lo.chars()
+                    .zip(hi.chars())
+                    .take_while(|(a, b)| a == b)
+                    .map(|(a, _)| a)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        idempotency_key: f.idempotency_key.clone().unwrap_or_default(),
     }
-    if r.chars().count() > MAX_REASON_CHARS {
-        return Err(Status::invalid_argument(format!(
-            "reason: at most {MAX_REASON_CHARS} characters"
-        )));
-    }
-    Ok(r.to_owned())
 }
 
 pub fn summary(r: SagaSummary) -> pb::SagaSummary {
@@ -208,7 +209,7 @@ pub fn change_summary(c: &Change) -> pb::SagaSummary {
     })
 }
 
-pub fn planned(commands: &[Command], topic_prefix: &str) -> Vec<pb::PlannedCommand> {
+pub fn planned_pb(commands: &[Planned]) -> Vec<pb::PlannedCommand> {
     commands
         .iter()
         .map(|c| pb::PlannedCommand {
@@ -217,7 +218,75 @@ pub fn planned(commands: &[Command], topic_prefix: &str) -> Vec<pb::PlannedComma
             phase: c.phase.to_wire() as i32,
             attempt: c.attempt,
             command_type: c.command_type.clone(),
-            topic: format!("{topic_prefix}{}", c.participant),
+            topic: c.topic.clone(),
         })
         .collect()
+}
+
+/// A replay's result: `outcome` as stored (see [`crate::coordinator::ReplayOutcome::as_str`]).
+pub fn replay_result(saga_id: &str, outcome: &str, detail: &str, commands: &[Planned]) -> pb::ReplayResult {
+    let outcome = match outcome {
+        "replayed" => pb::ReplayOutcome::Replayed,
+        "would_replay" => pb::ReplayOutcome::WouldReplay,
+        "already_in_progress" => pb::ReplayOutcome::AlreadyInProgress,
+        "already_compensated" => pb::ReplayOutcome::AlreadyCompensated,
+        "not_replayable" => pb::ReplayOutcome::NotReplayable,
+        "failed" => pb::ReplayOutcome::Failed,
+        _ => pb::ReplayOutcome::Unspecified,
+    };
+    pb::ReplayResult {
+        saga_id: saga_id.to_owned(),
+        outcome: outcome as i32,
+        detail: detail.to_owned(),
+        commands: planned_pb(commands),
+    }
+}
+
+pub fn report_pb(r: &ReplayReport, topic_prefix: &str) -> pb::ReplayResult {
+    replay_result(
+        &r.saga_id.to_string(),
+        r.outcome.as_str(),
+        r.outcome.detail(),
+        &planned(&r.commands, topic_prefix),
+    )
+}
+
+pub fn job_pb(j: &Job) -> pb::Job {
+    pb::Job {
+        job_id: j.id.to_string(),
+        kind: j.kind.clone(),
+        state: match j.state {
+            JobState::Running => pb::JobState::Running,
+            JobState::Completed => pb::JobState::Completed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        } as i32,
+        operator: j.operator.clone(),
+        reason: j.reason.clone(),
+        filter: Some(filter_pb(&j.params.filter)),
+        rate_per_second: j.params.rate_per_second,
+        limit: j.params.limit,
+        processed: j.processed,
+        counts: j.counts.clone().into_iter().collect(),
+        owner: j.owner.clone().unwrap_or_default(),
+        last_error: j.last_error.clone().unwrap_or_default(),
+        cancelled_by: j.cancelled_by.clone().unwrap_or_default(),
+        cancel_reason: j.cancel_reason.clone().unwrap_or_default(),
+        created_at: Some(ts(j.created_at)),
+        updated_at: Some(ts(j.updated_at)),
+        finished_at: j.finished_at.map(ts),
+    }
+}
+
+pub fn job_item_pb(i: &JobItem) -> pb::JobItem {
+    let commands: Vec<Planned> = serde_json::from_value(i.commands.0.clone()).unwrap_or_default();
+    pb::JobItem {
+        seq: u32::try_from(i.seq).unwrap_or(0),
+        result: Some(replay_result(
+            &i.saga_id.to_string(),
+            &i.outcome,
+            &i.detail,
+            &commands,
+        )),
+        at: Some(ts(i.at)),
+    }
 }

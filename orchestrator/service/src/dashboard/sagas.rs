@@ -1,0 +1,273 @@
+//! Sagas over HTTP: one page of the list, one saga in full, and the operator actions on it.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use saga_engine::{EngineError, Input, Replayability, SagaState, decide, replayability};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Body, Dashboard, Params, authorization, given, page_limit};
+use crate::api::request::{self, AbortRequest, ListRequest, ReplayRequest, RetryRequest};
+use crate::api::{ApiError, planned};
+use crate::store::{ListFilter, StoredSaga};
+
+/// `GET /api/sagas`'s query string.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
+    state: Option<String>,
+    step: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    q: Option<String>,
+    order: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.map(|t| {
+        DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                ApiError::invalid(format!(
+                    "{name}: `{t}` is not an RFC 3339 time like 2026-11-21T10:00:00Z"
+                ))
+            })
+    })
+    .transpose()
+}
+
+impl ListParams {
+    /// The list request, by the shared rules, naming the parameter at fault.
+    fn parse(&self, d: &Dashboard) -> Result<ListRequest, ApiError> {
+        let catalog = d.api.coordinator().catalog();
+        let named = |field: &'static str| move |e: ApiError| e.in_field(field);
+        let state = given(&self.state)
+            .map(|s| {
+                s.parse::<SagaState>().map_err(|_| {
+                    ApiError::invalid(format!(
+                        "state: `{s}` is not one of running, compensating, completed, compensated, failed"
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = page_limit(given(&self.limit))?;
+        let filter = ListFilter {
+            saga_type: given(&self.saga_type)
+                .map(|t| request::saga_type(catalog, t))
+                .transpose()
+                .map_err(named("type"))?,
+            state,
+            current_step: given(&self.step)
+                .map(request::step_name)
+                .transpose()
+                .map_err(named("step"))?,
+            created_after: time("since", given(&self.since))?,
+            created_before: time("until", given(&self.until))?,
+            ascending: match given(&self.order) {
+                None | Some("newest") => false,
+                Some("oldest") => true,
+                Some(o) => return Err(ApiError::invalid(format!("order: `{o}` is not newest or oldest"))),
+            },
+            cursor: given(&self.cursor)
+                .map(|c| request::saga_id("cursor", c))
+                .transpose()?,
+            ..ListFilter::default()
+        };
+        Ok(ListRequest {
+            filter,
+            page: limit,
+            search: given(&self.q).map(str::to_owned),
+        })
+    }
+}
+
+pub(super) async fn list(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Params(params): Params<ListParams>,
+) -> Result<Response, ApiError> {
+    d.api.reader(authorization(&headers))?;
+    let request = params.parse(&d)?;
+    let rows = d.api.list(&request).await?;
+    let next = (rows.len() as i64 == request.page)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(axum::Json(json!({ "sagas": rows, "next_cursor": next })).into_response())
+}
+
+/// Whether `input` would be accepted now, and if not, why (a pure dry run of the engine).
+fn availability(d: &Dashboard, stored: &StoredSaga, input: &Input) -> Value {
+    let coordinator = d.api.coordinator();
+    let Some(def) = coordinator
+        .catalog()
+        .get(&stored.saga.saga_type, stored.saga.definition_version)
+    else {
+        return json!({"allowed": false, "why": "the catalog does not define this saga's version"});
+    };
+    match decide(def, &stored.saga, input, coordinator.now()) {
+        Ok(decision) if decision.changed => json!({"allowed": true, "commands": decision.commands.len()}),
+        Ok(_) => json!({"allowed": false, "why": "nothing to do"}),
+        Err(EngineError::NotAllowed(why)) => json!({"allowed": false, "why": why}),
+        Err(e) => json!({"allowed": false, "why": e.to_string()}),
+    }
+}
+
+pub(super) async fn detail(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    d.api.reader(authorization(&headers))?;
+    let id = request::saga_id("saga_id", &id)?;
+    let stored = d.api.saga(id).await?;
+    let history = d.api.history(id).await?;
+    let sent = super::queries::commands_sent(&history);
+    let s = &stored.saga;
+    let def = d
+        .api
+        .coordinator()
+        .catalog()
+        .get(&s.saga_type, s.definition_version);
+    let steps: Vec<Value> = s
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| {
+            let step = def.and_then(|d| d.steps.get(i));
+            let phase = |record: &saga_engine::PhaseRecord, phase: &str, command: Option<&str>| {
+                let mut v = serde_json::to_value(record).unwrap_or_default();
+                v["command_type"] = json!(command.unwrap_or_default());
+                v["sent"] = sent.get(&(i as u64, phase.to_owned())).cloned().unwrap_or(Value::Null);
+                // While it is retrying, when the phase's time budget runs out.
+                let policy = step.map(|s| if phase == "action" { &s.retry } else { &s.compensation_retry });
+                if record.status.is_active()
+                    && let Some(at) = policy.zip(record.budget_start()).and_then(|(p, start)| p.give_up_after(start))
+                {
+                    v["gives_up_at"] = json!(at);
+                }
+                v
+            };
+            json!({
+                "index": i,
+                "name": step.map(|s| s.name.as_str()).unwrap_or_default(),
+                "participant": step.map(|s| s.participant.as_str()).unwrap_or_default(),
+                "pivot": rec.compensation.is_none(),
+                "action": phase(&rec.action, "action", step.map(|s| s.action.as_str())),
+                "compensation": rec.compensation.as_ref().map(|c| phase(c, "compensation", step.and_then(|s| s.compensation.as_deref()))),
+            })
+        })
+        .collect();
+    let replay = match replayability(s) {
+        Replayability::Replayable => json!({"allowed": true}),
+        Replayability::InProgress => json!({"allowed": false, "why": "compensation is already in progress"}),
+        Replayability::AlreadyCompensated => {
+            json!({"allowed": false, "why": "the saga is already compensated"})
+        }
+        Replayability::NotReplayable(why) => json!({"allowed": false, "why": why}),
+    };
+    let reason = String::new();
+    Ok(axum::Json(json!({
+        "saga_id": s.id,
+        "saga_type": s.saga_type,
+        "definition_version": s.definition_version,
+        "state": s.state,
+        "current_step": s.current_step().and_then(|i| def.and_then(|d| d.steps.get(i))).map(|st| st.name.clone()),
+        "failure_reason": s.failure_reason,
+        "idempotency_key": stored.idempotency_key,
+        "version": stored.version,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "context": s.context,
+        "steps": steps,
+        "history": history.iter().map(|h| json!({"seq": h.id, "at": h.at, "kind": h.kind, "actor": h.actor, "data": h.data.0})).collect::<Vec<_>>(),
+        "actions": {
+            "replay": replay,
+            "retry": availability(&d, &stored, &Input::RetryStep { step: None, reason: reason.clone() }),
+            "abort": availability(&d, &stored, &Input::Abort { reason }),
+        },
+    }))
+    .into_response())
+}
+
+/// `POST /api/sagas/{id}/replay`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayBody {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub(super) async fn replay(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<ReplayBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let report = d
+        .api
+        .replay(&caller, ReplayRequest::parse(&id, &b.reason, b.dry_run)?)
+        .await?;
+    let commands = planned(&report.commands, d.api.coordinator().topic_prefix());
+    let outcome = report.outcome.as_str().replace('_', " ");
+    Ok(axum::Json(json!({"outcome": outcome, "commands": commands})).into_response())
+}
+
+/// `POST /api/sagas/{id}/retry`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryBody {
+    #[serde(default)]
+    reason: String,
+    /// The step to retry; the one the saga stopped at when left out.
+    step: Option<u32>,
+}
+
+pub(super) async fn retry(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<RetryBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let applied = d
+        .api
+        .retry(&caller, RetryRequest::parse(&id, b.step, &b.reason)?)
+        .await?;
+    acted(&d, &applied)
+}
+
+/// `POST /api/sagas/{id}/abort`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AbortBody {
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn abort(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<AbortBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let applied = d.api.abort(&caller, AbortRequest::parse(&id, &b.reason)?).await?;
+    acted(&d, &applied)
+}
+
+fn acted(d: &Dashboard, applied: &crate::coordinator::Applied) -> Result<Response, ApiError> {
+    let commands = planned(&applied.commands, d.api.coordinator().topic_prefix());
+    Ok(axum::Json(json!({"state": applied.state, "commands": commands})).into_response())
+}
