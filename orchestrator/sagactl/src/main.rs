@@ -1,7 +1,8 @@
 //! `sagactl`: the command-line client of the saga orchestrator.
 //!
-//! Reads (`get`, `list`, `watch`) and `start` work without a credential unless the server protects
-//! them; the operator actions (`replay`, `retry`, `abort`) need an operator token
+//! Reads (`get`, `list`, `watch`, `jobs list|get`) and `start` work without a credential unless
+//! the server protects them; the operator actions (`replay`, `retry`, `abort`, `jobs cancel`) need
+//! an operator token
 //! (`--token` or `SAGACTL_TOKEN`). Output is a human table by default, JSON with `--output json`
 //! (JSON lines for `watch` and bulk `replay`). Exit codes are listed in `sagactl --help`.
 
@@ -29,7 +30,7 @@ const EXIT_CODES: &str = "Exit codes:
   1  unexpected error
   2  bad command line
   3  the orchestrator is unreachable or unavailable
-  4  no such saga
+  4  no such saga (or job)
   5  invalid argument (the message names it)
   6  the action does not apply to the saga as it is now (e.g. replaying a running saga)
   7  missing, unknown or insufficient credential (use --token or SAGACTL_TOKEN)
@@ -69,7 +70,7 @@ struct Cli {
         requires = "cert_file"
     )]
     key_file: Option<PathBuf>,
-    /// Bearer token: an operator's for replay, retry and abort.
+    /// Bearer token: an operator's for replay, retry, abort and jobs cancel.
     #[arg(long, env = "SAGACTL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Output format.
@@ -134,6 +135,16 @@ enum Command {
         /// Most sagas to replay (bulk).
         #[arg(long)]
         limit: Option<u32>,
+        /// Bulk: start the replay as a job and return at once (follow it with `sagactl jobs`).
+        /// Without it, the results are printed as the job records them; either way the job
+        /// runs on the orchestrator, and goes on if sagactl stops.
+        #[arg(long, conflicts_with = "dry_run")]
+        detach: bool,
+    },
+    /// Operator jobs (bulk replays): list them, show one with its results, cancel one.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
     },
     /// Send a step of a parked saga again (one whose outcome is unknown), instead of compensating.
     Retry {
@@ -166,6 +177,23 @@ enum Command {
         /// the server's setting when left out.
         #[arg(long, value_name = "AGE")]
         unfinished_after: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job, with its results (one line per saga it handled).
+    Get { job_id: String },
+    /// Stop a running job before its next saga; what it did stays done.
+    Cancel {
+        job_id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -394,6 +422,74 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
     Ok(SagaOrchestratorClient::with_interceptor(channel, Bearer(bearer)))
 }
 
+async fn jobs(c: &mut Client, command: JobsCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        JobsCommand::List { limit } => {
+            let jobs = c
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .jobs;
+            if json {
+                jobs.iter().for_each(|j| print_json(&output::job_json(j)));
+            } else {
+                println!("{}", output::jobs_text(&jobs));
+            }
+        }
+        JobsCommand::Get { job_id } => {
+            let job = c
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut items = Vec::new();
+            loop {
+                let page = c
+                    .list_job_items(pb::ListJobItemsRequest {
+                        job_id: job_id.clone(),
+                        after_seq: items.last().map_or(0, |i: &pb::JobItem| i.seq),
+                        page_size: 500,
+                    })
+                    .await?
+                    .into_inner()
+                    .items;
+                let full = page.len() == 500;
+                items.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            let results = items.iter().filter_map(|i| i.result.as_ref());
+            if json {
+                let mut v = output::job_json(&job);
+                v["results"] = results.map(output::replay_json).collect();
+                print_json(&v);
+            } else {
+                println!("{}", output::job_text(&job));
+                for r in results {
+                    println!("{}", output::replay_text(r));
+                }
+            }
+        }
+        JobsCommand::Cancel { job_id, reason } => {
+            let job = c
+                .cancel_job(pb::CancelJobRequest { job_id, reason })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&output::job_json(&job));
+            } else {
+                println!("{}", output::job_text(&job));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     println!("{v}");
 }
@@ -507,8 +603,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             dry_run,
             rate,
             limit,
+            detach,
         } => {
-            if !filter.is_empty() || all_failed || rate.is_some() || limit.is_some() {
+            if !filter.is_empty() || all_failed || rate.is_some() || limit.is_some() || detach {
                 return Err(Failure::Usage(
                     "give either a saga id, or filters (--type, --step, --since, …) for a bulk replay, not both".into(),
                 ));
@@ -535,22 +632,39 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             dry_run,
             rate,
             limit,
+            detach,
         } => {
             if filter.is_empty() && !all_failed {
                 return Err(Failure::Usage(
                     "a bulk replay needs filters (--type, --step, --since, …) or --all-failed".into(),
                 ));
             }
-            let mut stream = c
-                .replay_compensations(pb::ReplayCompensationsRequest {
-                    filter: Some(filter.to_pb()?),
-                    reason,
-                    dry_run,
-                    rate_per_second: rate.unwrap_or(0.0),
-                    limit: limit.unwrap_or(0),
-                })
-                .await?
-                .into_inner();
+            let request = pb::ReplayCompensationsRequest {
+                filter: Some(filter.to_pb()?),
+                reason,
+                dry_run,
+                rate_per_second: rate.unwrap_or(0.0),
+                limit: limit.unwrap_or(0),
+            };
+            if detach {
+                let job = c.start_replay_job(request).await?.into_inner();
+                if json {
+                    print_json(&output::job_json(&job));
+                } else {
+                    println!("{}", output::job_text(&job));
+                }
+                return Ok(());
+            }
+            let response = c.replay_compensations(request).await?;
+            if let Some(job) = response
+                .metadata()
+                .get("saga-job-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                // On stderr: stdout holds only the results (JSON lines with -o json).
+                eprintln!("job {job} (it goes on if sagactl stops: sagactl jobs get {job})");
+            }
+            let mut stream = response.into_inner();
             let mut counts = std::collections::BTreeMap::<&str, usize>::new();
             while let Some(next) = stream.next().await {
                 let r = next?;
@@ -571,6 +685,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
+        Command::Jobs { command } => jobs(&mut c, command, json).await?,
         Command::Retry {
             saga_id,
             step,

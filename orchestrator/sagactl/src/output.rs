@@ -51,6 +51,7 @@ pub fn replay_outcome(o: i32) -> &'static str {
         Ok(pb::ReplayOutcome::AlreadyInProgress) => "already in progress",
         Ok(pb::ReplayOutcome::AlreadyCompensated) => "already compensated",
         Ok(pb::ReplayOutcome::NotReplayable) => "not replayable",
+        Ok(pb::ReplayOutcome::Failed) => "failed",
         _ => "unknown",
     }
 }
@@ -274,4 +275,124 @@ pub fn replay_text(r: &pb::ReplayResult) -> String {
         line += &format!(" ({})", r.detail);
     }
     line
+}
+
+pub fn job_state(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Completed) => "completed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// A job's outcome counts, e.g. `replayed 3, not_replayable 1`.
+fn counts(j: &pb::Job) -> String {
+    let mut counts: Vec<_> = j.counts.iter().collect();
+    counts.sort();
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a job selects, in words: `register_user failed at create_user since …`.
+fn selection(j: &pb::Job) -> String {
+    let Some(f) = &j.filter else {
+        return String::new();
+    };
+    let mut words = vec![if f.saga_type.is_empty() {
+        "any type".to_owned()
+    } else {
+        f.saga_type.clone()
+    }];
+    words.push(state(f.state).to_owned());
+    if !f.current_step.is_empty() {
+        words.push(format!("at {}", f.current_step));
+    }
+    if f.created_after.is_some() {
+        words.push(format!("since {}", time(f.created_after.as_ref())));
+    }
+    if f.created_before.is_some() {
+        words.push(format!("until {}", time(f.created_before.as_ref())));
+    }
+    words.join(" ")
+}
+
+pub fn job_json(j: &pb::Job) -> Value {
+    json!({
+        "job_id": j.job_id, "kind": j.kind, "state": job_state(j.state), "operator": j.operator,
+        "reason": j.reason, "selects": selection(j), "rate_per_second": j.rate_per_second,
+        "limit": j.limit, "processed": j.processed, "counts": j.counts, "owner": j.owner,
+        "last_error": j.last_error, "cancelled_by": j.cancelled_by, "cancel_reason": j.cancel_reason,
+        "created_at": time(j.created_at.as_ref()), "updated_at": time(j.updated_at.as_ref()),
+        "finished_at": time(j.finished_at.as_ref()),
+    })
+}
+
+pub fn jobs_text(jobs: &[pb::Job]) -> String {
+    let mut t = table(&[
+        "JOB",
+        "KIND",
+        "STATE",
+        "PROCESSED",
+        "OUTCOMES",
+        "SELECTS",
+        "OPERATOR",
+        "CREATED",
+    ]);
+    for j in jobs {
+        t.add_row(vec![
+            j.job_id.clone(),
+            j.kind.clone(),
+            job_state(j.state).to_owned(),
+            format!("{}/{}", j.processed, j.limit),
+            counts(j),
+            cut(&selection(j), 60),
+            j.operator.clone(),
+            time(j.created_at.as_ref()),
+        ]);
+    }
+    format!("{t}\n{} job(s)", jobs.len())
+}
+
+pub fn job_text(j: &pb::Job) -> String {
+    let mut lines = vec![
+        format!("job {}  {}  {}", j.job_id, j.kind, job_state(j.state)),
+        format!(
+            "selects: {} (at most {}, {}/s)",
+            selection(j),
+            j.limit,
+            j.rate_per_second
+        ),
+        format!("by {}: {}", j.operator, j.reason),
+        format!(
+            "processed: {}{}",
+            j.processed,
+            if j.counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts(j))
+            }
+        ),
+        format!(
+            "created {}, updated {}",
+            time(j.created_at.as_ref()),
+            time(j.updated_at.as_ref())
+        ),
+    ];
+    if !j.owner.is_empty() {
+        lines.push(format!("worked by {}", j.owner));
+    }
+    if !j.last_error.is_empty() {
+        lines.push(format!("held up by: {}", j.last_error));
+    }
+    if !j.cancelled_by.is_empty() {
+        lines.push(format!("cancelled by {}: {}", j.cancelled_by, j.cancel_reason));
+    }
+    if j.finished_at.is_some() {
+        lines.push(format!("finished {}", time(j.finished_at.as_ref())));
+    }
+    lines.join("\n")
 }

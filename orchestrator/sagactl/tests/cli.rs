@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use saga_e2e::{OPERATOR_TOKEN, Stack};
 use saga_proto::v1::SagaState;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Out {
     code: i32,
@@ -353,6 +353,67 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
     args.extend(filter);
     let again = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
     assert_eq!((again.code, again.stdout.trim()), (0, "0 saga(s)"));
+
+    // Both ran as jobs, kept by the orchestrator: newest first, with their counts and results.
+    let jobs = sagactl(&url, None, &["-o", "json", "jobs", "list"]).await;
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    let jobs: Vec<Value> = jobs
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        (&jobs[1]["state"], &jobs[1]["processed"], &jobs[1]["counts"]),
+        (&json!("completed"), &json!(200), &json!({"replayed": 200}))
+    );
+    assert_eq!(
+        (&jobs[0]["processed"], &jobs[0]["operator"]),
+        (&json!(0), &json!("ops"))
+    );
+    let first = jobs[1]["job_id"].as_str().unwrap();
+    assert!(out.stderr.contains(&format!("job {first}")), "{}", out.stderr);
+    let shown = sagactl(&url, None, &["jobs", "get", first]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert_eq!(
+        shown
+            .stdout
+            .lines()
+            .filter(|l| l.contains("  replayed: DeleteUser"))
+            .count(),
+        200
+    );
+    let cancel = sagactl(
+        &url,
+        Some(OPERATOR_TOKEN),
+        &["jobs", "cancel", first, "--reason", "late"],
+    )
+    .await;
+    assert_eq!(
+        cancel.code, 6,
+        "an ended job cannot be cancelled: {}",
+        cancel.stderr
+    );
+    let detached = sagactl(
+        &url,
+        Some(OPERATOR_TOKEN),
+        &[
+            "replay",
+            "--all-failed",
+            "--reason",
+            "r",
+            "--detach",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(detached.code, 0, "{}", detached.stderr);
+    let job: Value = serde_json::from_str(detached.stdout.trim()).unwrap();
+    assert_eq!(
+        (&job["kind"], &job["state"]),
+        (&json!("replay_compensations"), &json!("running"))
+    );
 
     let views = stack.finish(&ids).await;
     assert!(views.iter().all(|v| v.state == SagaState::Compensated as i32));

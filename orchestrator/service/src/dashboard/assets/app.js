@@ -2,6 +2,8 @@
 //   #/                 overview
 //   #/sagas?...        list (filters in the query)
 //   #/sagas/<id>       one saga
+//   #/jobs             operator jobs (bulk replays), newest first
+//   #/jobs/<id>        one job: its progress and the result for each saga it handled
 //   #/consistency      the consistency audit: the last report, and a button to run one
 // Every value from the server reaches the page through textContent (never innerHTML).
 'use strict';
@@ -182,8 +184,17 @@ async function route() {
   document.getElementById('nav-overview').toggleAttribute('aria-current', false);
   document.getElementById('nav-sagas').toggleAttribute('aria-current', false);
   document.getElementById('nav-consistency').toggleAttribute('aria-current', false);
+  document.getElementById('nav-jobs').toggleAttribute('aria-current', false);
+  clearTimeout(jobsTimer);
   const detail = path.match(/^\/sagas\/([0-9a-fA-F-]+)$/);
-  if (detail) {
+  const job = path.match(/^\/jobs\/([0-9a-fA-F-]+)$/);
+  if (job) {
+    document.getElementById('nav-jobs').setAttribute('aria-current', 'page');
+    await jobPage(job[1]);
+  } else if (path === '/jobs') {
+    document.getElementById('nav-jobs').setAttribute('aria-current', 'page');
+    await jobsPage();
+  } else if (detail) {
     document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
     await detailPage(detail[1]);
   } else if (path === '/consistency') {
@@ -427,8 +438,103 @@ async function listPage(params) {
       h('caption', { class: 'sr' }, 'Sagas matching the filters'),
       h('thead', {}, h('tr', {}, ['Saga', 'Type', 'State', 'Step', 'Created', 'Updated', 'Reason'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No sagas match.')))),
-    h('div', { class: 'pager' }, first, next, h('span', { class: 'muted' }, `${rows.length} shown`)));
+    h('div', { class: 'pager' }, first, next, h('span', { class: 'muted' }, `${rows.length} shown`)),
+    bulkReplayButton(params));
   onChange = debounce(() => listPage(params), 700);
+}
+
+// Replays the compensation of every failed saga the list's filters select, as a job.
+function bulkReplayButton(params) {
+  const signedIn = session.identity && session.identity.role === 'operator';
+  const state = params.get('state');
+  const why = !signedIn ? 'sign in with an operator token to act'
+    : (state && state !== 'failed' ? 'replay applies to failed sagas: filter by state failed' : '');
+  const body = {};
+  for (const [k, v] of [['type', params.get('type')], ['step', params.get('step')],
+    ['since', params.get('since')], ['until', params.get('until')]]) if (v) body[k] = v;
+  const open = () => confirmDialog('Replay compensations (bulk)',
+    'Every failed saga these filters select gets its exhausted compensation sent again, paced, as a job any orchestrator replica works.',
+    async (reason) => {
+      const r = await api('/api/jobs', { method: 'POST', body: JSON.stringify(Object.assign({ reason }, body)) });
+      toast('Job started');
+      location.hash = '#/jobs/' + r.job.id;
+    });
+  return h('div', { class: 'actions', role: 'group', 'aria-label': 'Bulk actions' },
+    h('button', { id: 'act-bulk-replay', type: 'button', class: 'primary', disabled: !!why, 'aria-describedby': 'act-bulk-replay-why', onclick: open },
+      'Replay failed sagas…'),
+    ' ', h('span', { class: 'why', id: 'act-bulk-replay-why' }, why));
+}
+
+// ---------- jobs ----------
+
+let jobsTimer = null;
+
+function jobCounts(j) {
+  return Object.entries(j.counts || {}).map(([k, n]) => `${k.replace(/_/g, ' ')} ${n}`).join(' · ');
+}
+
+function jobSelection(j) {
+  const f = j.params.filter;
+  return [f.saga_type || 'every type', f.state || '', f.current_step ? 'at ' + f.current_step : '',
+    f.created_after ? 'since ' + when(f.created_after) : '', f.created_before ? 'until ' + when(f.created_before) : '']
+    .filter(Boolean).join(' ');
+}
+
+async function jobsPage() {
+  let page;
+  try { page = await api('/api/jobs'); } catch (e) { show(h('h1', {}, 'Jobs'), failure(e)); return; }
+  const rows = page.jobs.map((j) => h('tr', { 'data-job': j.id },
+    h('td', {}, h('a', { href: '#/jobs/' + j.id, class: 'mono' }, j.id.slice(0, 8) + '…')),
+    h('td', {}, j.kind.replace(/_/g, ' ')), h('td', {}, badge(j.state)),
+    h('td', {}, `${j.processed} / ${j.params.limit}`), h('td', {}, jobCounts(j)),
+    h('td', {}, jobSelection(j)), h('td', {}, j.operator), h('td', {}, when(j.created_at))));
+  show(h('h1', {}, 'Jobs'),
+    h('p', { class: 'muted' }, 'Operator bulk work, kept in the orchestrator\'s database: any replica works a job, and another goes on if it stops.'),
+    h('table', { id: 'job-list' },
+      h('thead', {}, h('tr', {}, ['Job', 'Kind', 'State', 'Processed', 'Outcomes', 'Selects', 'Operator', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No jobs yet.')))));
+  if (page.jobs.some((j) => j.state === 'running')) jobsTimer = setTimeout(jobsPage, 1000);
+}
+
+async function jobPage(id) {
+  let d;
+  try { d = await api('/api/jobs/' + id + '?limit=500'); } catch (e) { show(h('h1', {}, 'Job'), failure(e)); return; }
+  const j = d.job;
+  const signedIn = session.identity && session.identity.role === 'operator';
+  const running = j.state === 'running';
+  const cancel = h('div', { class: 'actions', role: 'group', 'aria-label': 'Operator actions' },
+    h('button', { id: 'act-cancel-job', type: 'button', class: 'danger', disabled: !(signedIn && running),
+      'aria-describedby': 'act-cancel-job-why',
+      onclick: () => confirmDialog('Cancel job', 'The job stops before its next saga; what it did stays done. Job ' + j.id + '.',
+        async (reason) => {
+          await api(`/api/jobs/${j.id}/cancel`, { method: 'POST', body: JSON.stringify({ reason }) });
+          toast('Job cancelled');
+          jobPage(id);
+        }) }, 'Cancel job'),
+    ' ', h('span', { class: 'why', id: 'act-cancel-job-why' },
+      !signedIn ? 'sign in with an operator token to act' : (running ? '' : `the job is ${j.state}`)));
+  const meta = h('dl', { class: 'meta' },
+    h('dt', {}, 'Job'), h('dd', { class: 'mono' }, j.id),
+    h('dt', {}, 'Kind'), h('dd', {}, j.kind.replace(/_/g, ' ')),
+    h('dt', {}, 'State'), h('dd', {}, h('span', { id: 'job-state', 'data-state': j.state }, badge(j.state))),
+    h('dt', {}, 'Selects'), h('dd', {}, `${jobSelection(j)} — at most ${j.params.limit}, ${j.params.rate_per_second}/s`),
+    h('dt', {}, 'Processed'), h('dd', { id: 'job-processed' }, `${j.processed} ${jobCounts(j) ? '(' + jobCounts(j) + ')' : ''}`),
+    h('dt', {}, 'Started by'), h('dd', {}, `${j.operator}: “${j.reason}”`),
+    j.owner ? [h('dt', {}, 'Worked by'), h('dd', { class: 'mono' }, j.owner)] : null,
+    j.last_error ? [h('dt', {}, 'Held up by'), h('dd', { class: 'error' }, j.last_error)] : null,
+    j.cancelled_by ? [h('dt', {}, 'Cancelled by'), h('dd', {}, `${j.cancelled_by}: “${j.cancel_reason}”`)] : null,
+    h('dt', {}, 'Created'), h('dd', {}, when(j.created_at)),
+    j.finished_at ? [h('dt', {}, 'Finished'), h('dd', {}, when(j.finished_at))] : null);
+  const items = h('table', { id: 'job-items' },
+    h('thead', {}, h('tr', {}, ['#', 'Saga', 'Outcome', 'Sent', 'When'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, d.items.map((i) => h('tr', {},
+      h('td', {}, i.seq), h('td', {}, sagaLink(i.saga_id)),
+      h('td', {}, badge(i.outcome), i.detail ? h('div', { class: 'line muted' }, i.detail) : null),
+      h('td', {}, i.commands.map((c) => `${c.command_type} (step ${c.step}, attempt ${c.attempt})`).join('; ')),
+      h('td', {}, when(i.at))))));
+  show(h('h1', {}, 'Job ', h('span', { class: 'mono' }, j.id.slice(0, 8) + '…')), meta, cancel,
+    h('h2', {}, 'Results'), d.items.length ? items : h('p', { class: 'muted' }, 'No saga handled yet.'));
+  if (running) jobsTimer = setTimeout(() => jobPage(id), 1000);
 }
 
 // ---------- detail ----------
@@ -552,6 +658,32 @@ function confirmAction(saga, kind, title, text) {
       dialog.close();
       toast(`${title}: ${r.outcome || r.state}`);
       detailPage(saga.saga_id);
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  };
+  document.getElementById('confirm-cancel').onclick = () => dialog.close();
+  dialog.showModal();
+  reason.focus();
+}
+
+// A confirmation that asks for a reason, then runs `submit(reason)`; its error stays in the dialog.
+function confirmDialog(title, text, submit) {
+  const dialog = document.getElementById('confirm');
+  document.getElementById('confirm-title').textContent = title;
+  document.getElementById('confirm-text').textContent = text;
+  const reason = document.getElementById('confirm-reason');
+  const error = document.getElementById('confirm-error');
+  document.getElementById('confirm-step-row').hidden = true;
+  reason.value = '';
+  error.textContent = '';
+  reason.oninput = () => { if (reason.value.trim()) error.textContent = ''; };
+  document.getElementById('confirm-form').onsubmit = async (e) => {
+    e.preventDefault();
+    if (!reason.value.trim()) { error.textContent = 'A reason is required: it is recorded.'; reason.focus(); return; }
+    try {
+      await submit(reason.value.trim());
+      dialog.close();
     } catch (err) {
       error.textContent = err.message;
     }
