@@ -15,8 +15,16 @@ fn service_process() {
             "orchestrator" => {
                 saga_orchestrator::startup::serve(saga_runtime::config::load(config).unwrap()).await
             }
-            "user-service" => user_service::serve(saga_runtime::config::load(config).unwrap()).await,
-            "post-service" => post_service::serve(saga_runtime::config::load(config).unwrap()).await,
+            "user-service" => {
+                user_service::PROGRAM
+                    .serve(saga_runtime::config::load(config).unwrap())
+                    .await
+            }
+            "post-service" => {
+                post_service::PROGRAM
+                    .serve(saga_runtime::config::load(config).unwrap())
+                    .await
+            }
             other => panic!("unknown service {other}"),
         }
     });
