@@ -51,6 +51,18 @@ ensure_nextest() {
         die "could not install cargo-nextest $NEXTEST_VERSION"
 }
 
+# cargo-machete (dependencies a crate lists but does not use), built once from crates.io into
+# ~/.cargo/bin.
+MACHETE_VERSION=0.9.2
+ensure_machete() {
+    if cargo machete --version 2>/dev/null | grep -qx "$MACHETE_VERSION"; then
+        return 0
+    fi
+    log "installing cargo-machete $MACHETE_VERSION (cargo install --locked; once, a minute or two)"
+    cargo install --locked --quiet cargo-machete --version "$MACHETE_VERSION" ||
+        die "could not install cargo-machete $MACHETE_VERSION"
+}
+
 # PostgreSQL on 127.0.0.1:$PG_PORT reachable as user postgres without a password.
 pg_login_ok() {
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -w -Atc 'SELECT 1' >/dev/null 2>&1
