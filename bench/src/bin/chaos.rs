@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use rustix::process::{Pid, Signal, kill_process};
 use saga_bench::audit::{Databases, audit};
 use saga_proto::v1::StartSagaRequest;
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
@@ -137,11 +138,9 @@ impl Service {
         Ok(())
     }
 
-    fn signal(&self, signal: &str) {
+    fn signal(&self, signal: Signal) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([format!("-{signal}"), child.id().to_string()])
-                .status();
+            let _ = kill_process(Pid::from_child(child), signal);
         }
     }
 
@@ -265,10 +264,10 @@ async fn main() -> anyhow::Result<()> {
         let end = Instant::now() + Duration::from_secs(args.phase_secs);
         match fault {
             Fault::Kill | Fault::Term => {
-                let (signal, lo, hi) = if *fault == Fault::Kill {
-                    ("KILL", 3.0, 8.0)
+                let (signal, name, lo, hi) = if *fault == Fault::Kill {
+                    (Signal::KILL, "KILL", 3.0, 8.0)
                 } else {
-                    ("TERM", 8.0, 12.0)
+                    (Signal::TERM, "TERM", 8.0, 12.0)
                 };
                 loop {
                     let wait = Duration::from_secs_f64(between(&mut rng, lo, hi));
@@ -279,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
                     let services = lock(&shared.services);
                     let victim = &services[rng.usize(..services.len())];
                     println!(
-                        "  {:>5.1} s: SIG{signal} {}",
+                        "  {:>5.1} s: SIG{name} {}",
                         phase_time(end, args.phase_secs),
                         victim.name
                     );
@@ -352,11 +351,11 @@ async fn main() -> anyhow::Result<()> {
     let ok = report(&shared, &faults, &db, started_at).await?;
     for s in lock(&shared.services).iter_mut() {
         s.supervised = false;
-        s.signal("TERM");
+        s.signal(Signal::TERM);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for s in lock(&shared.services).iter_mut() {
-        s.signal("KILL");
+        s.signal(Signal::KILL);
     }
     let _ = broker.kill();
     let _ = broker.wait();
