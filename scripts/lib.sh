@@ -39,17 +39,26 @@ ensure_build_tools() {
     command -v cargo >/dev/null || die "cargo is missing: install Rust from https://rustup.rs"
 }
 
-# cargo-nextest (each test binary's tests in processes of their own, so a test that hangs or
-# crashes names itself), built once from crates.io into ~/.cargo/bin.
-NEXTEST_VERSION=0.9.151
-ensure_nextest() {
-    if cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+# ensure_cargo_tool CRATE VERSION: the cargo subcommand CRATE (cargo-<name>) at exactly VERSION,
+# built once from crates.io into ~/.cargo/bin (cargo install --locked).
+ensure_cargo_tool() {
+    local crate="$1" version="$2"
+    if cargo "${crate#cargo-}" --version 2>/dev/null | grep -qwF "$version"; then
         return 0
     fi
-    log "installing cargo-nextest $NEXTEST_VERSION (cargo install --locked; once, a few minutes)"
-    cargo install --locked --quiet cargo-nextest --version "$NEXTEST_VERSION" ||
-        die "could not install cargo-nextest $NEXTEST_VERSION"
+    log "installing $crate $version (cargo install --locked; once, a few minutes)"
+    cargo install --locked --quiet "$crate" --version "$version" ||
+        die "could not install $crate $version"
 }
+
+# cargo-nextest: each test binary's tests in processes of their own, so a test that hangs or
+# crashes names itself.
+NEXTEST_VERSION=0.9.151
+ensure_nextest() { ensure_cargo_tool cargo-nextest "$NEXTEST_VERSION"; }
+
+# cargo-machete: dependencies a crate lists but does not use.
+MACHETE_VERSION=0.9.2
+ensure_machete() { ensure_cargo_tool cargo-machete "$MACHETE_VERSION"; }
 
 # PostgreSQL on 127.0.0.1:$PG_PORT reachable as user postgres without a password.
 pg_login_ok() {

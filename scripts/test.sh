@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts what is missing (PostgreSQL,
-# Apache Kafka, headless Chromium, cargo-nextest), then runs formatting, lints and every test against
-# the real services, then the load benchmark's and the chaos harness's short runs, the participant
-# conformance kit (Rust and Spring Boot participants) and the offline Kubernetes manifest checks.
+# Apache Kafka, headless Chromium, cargo-nextest, cargo-machete), then runs formatting, lints, the
+# unused-dependency check and every test against the real services, then the load benchmark's and
+# the chaos harness's short runs, the participant conformance kit (Rust and Spring Boot
+# participants) and the offline Kubernetes manifest checks.
 # Dashboard screenshots land in target/dashboard-screenshots/.
 #
 #   scripts/test.sh            # everything CI runs
@@ -19,6 +20,7 @@ trap cleanup EXIT
 
 ensure_build_tools
 ensure_nextest
+ensure_machete
 ensure_python_yaml
 ensure_browser
 ensure_postgres
@@ -34,6 +36,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+log "cargo machete (unused dependencies)"
+cargo machete
 
 extra=()
 [ "${1:-}" = "--" ] && shift && extra=("$@")

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, kill_process};
 use saga_bench::audit::{AuditReport, Databases, audit};
 use saga_bench::client::Orchestrator;
 use saga_orchestrator::Settings as OrchestratorSettings;
@@ -532,9 +533,7 @@ impl ServiceProcess {
 
     /// SIGTERM, then wait (bounded) for a clean exit; SIGKILL if it does not come.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

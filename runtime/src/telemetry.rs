@@ -52,16 +52,24 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
+/// How much longer than its own timeout [`Telemetry::shutdown`] waits for the SDK to return.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
 impl Telemetry {
-    /// Flushes and stops span export, waiting at most `timeout`.
+    /// Flushes and stops span export. Returns as soon as that is done, and at the latest after
+    /// `timeout` + 200 ms: the flush runs on a thread of its own that is not joined, so an
+    /// exporter that ignores the timeout cannot hold up the exit.
     pub fn shutdown(self, timeout: Duration) {
-        if let Some(p) = self.provider {
-            let done = std::thread::spawn(move || p.shutdown_with_timeout(timeout));
-            let deadline = std::time::Instant::now() + timeout + Duration::from_millis(200);
-            while !done.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        let Some(provider) = self.provider else {
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = provider.shutdown_with_timeout(timeout);
+            let _ = done.send(());
+        });
+        // Ok: flushed; Timeout: given up; Disconnected: the thread ended without sending (panicked).
+        let _ = finished.recv_timeout(timeout.saturating_add(SHUTDOWN_GRACE));
     }
 }
 
@@ -360,6 +368,49 @@ mod tests {
         fn make_writer(&'a self) -> Self::Writer {
             self.clone()
         }
+    }
+
+    /// A span processor whose shutdown takes `stall`, whatever timeout it is given.
+    #[derive(Debug)]
+    struct Stalling(Duration);
+
+    impl SpanProcessor for Stalling {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, _: SpanData) {}
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            std::thread::sleep(self.0);
+            Ok(())
+        }
+    }
+
+    /// How long `shutdown(timeout)` takes with a processor that needs `stall`.
+    fn shutdown_time(stall: Duration, timeout: Duration) -> Duration {
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Stalling(stall))
+            .build();
+        let started = std::time::Instant::now();
+        Telemetry {
+            provider: Some(provider),
+        }
+        .shutdown(timeout);
+        started.elapsed()
+    }
+
+    #[test]
+    fn shutdown_returns_when_the_flush_is_done_and_never_after_its_bound() {
+        let quick = shutdown_time(Duration::from_millis(50), Duration::from_secs(10));
+        assert!(
+            quick >= Duration::from_millis(50) && quick < Duration::from_secs(2),
+            "returns once flushed: {quick:?}"
+        );
+        let stuck = shutdown_time(Duration::from_secs(30), Duration::from_millis(100));
+        assert!(
+            stuck >= Duration::from_millis(300) && stuck < Duration::from_secs(2),
+            "gives up after timeout + 200 ms: {stuck:?}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use rustix::process::{Pid, Signal, kill_process};
 use saga_bench::audit::{Databases, audit};
 use saga_proto::v1::StartSagaRequest;
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
@@ -103,26 +104,9 @@ impl Fault {
     }
 }
 
-/// SplitMix64: a small seeded generator, so a run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn between(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    fn pick(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// Uniform in [lo, hi).
+fn between(rng: &mut fastrand::Rng, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * rng.f64()
 }
 
 /// A service process the harness runs, restarts and kills.
@@ -154,11 +138,9 @@ impl Service {
         Ok(())
     }
 
-    fn signal(&self, signal: &str) {
+    fn signal(&self, signal: Signal) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([format!("-{signal}"), child.id().to_string()])
-                .status();
+            let _ = kill_process(Pid::from_child(child), signal);
         }
     }
 
@@ -261,7 +243,8 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // Users for publish_post, and e-mails already taken.
-    let mut rng = Rng(seed);
+    // Seeded: the faults' timing and victims replay from `--seed`.
+    let mut rng = fastrand::Rng::with_seed(seed);
     let workload = Arc::new(seed_users(&clients, &db, seed).await?);
     println!("seeded {} users", workload.users.len());
 
@@ -281,21 +264,21 @@ async fn main() -> anyhow::Result<()> {
         let end = Instant::now() + Duration::from_secs(args.phase_secs);
         match fault {
             Fault::Kill | Fault::Term => {
-                let (signal, lo, hi) = if *fault == Fault::Kill {
-                    ("KILL", 3.0, 8.0)
+                let (signal, name, lo, hi) = if *fault == Fault::Kill {
+                    (Signal::KILL, "KILL", 3.0, 8.0)
                 } else {
-                    ("TERM", 8.0, 12.0)
+                    (Signal::TERM, "TERM", 8.0, 12.0)
                 };
                 loop {
-                    let wait = Duration::from_secs_f64(rng.between(lo, hi));
+                    let wait = Duration::from_secs_f64(between(&mut rng, lo, hi));
                     if Instant::now() + wait >= end {
                         break;
                     }
                     tokio::time::sleep(wait).await;
                     let services = lock(&shared.services);
-                    let victim = &services[rng.pick(services.len())];
+                    let victim = &services[rng.usize(..services.len())];
                     println!(
-                        "  {:>5.1} s: SIG{signal} {}",
+                        "  {:>5.1} s: SIG{name} {}",
                         phase_time(end, args.phase_secs),
                         victim.name
                     );
@@ -368,11 +351,11 @@ async fn main() -> anyhow::Result<()> {
     let ok = report(&shared, &faults, &db, started_at).await?;
     for s in lock(&shared.services).iter_mut() {
         s.supervised = false;
-        s.signal("TERM");
+        s.signal(Signal::TERM);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for s in lock(&shared.services).iter_mut() {
-        s.signal("KILL");
+        s.signal(Signal::KILL);
     }
     let _ = broker.kill();
     let _ = broker.wait();

@@ -13,8 +13,16 @@ fn service_process() {
     let result = runtime.block_on(async {
         match service.as_str() {
             "orchestrator" => saga_orchestrator::serve(saga_runtime::config::load(config).unwrap()).await,
-            "user-service" => user_service::serve(saga_runtime::config::load(config).unwrap()).await,
-            "post-service" => post_service::serve(saga_runtime::config::load(config).unwrap()).await,
+            "user-service" => {
+                user_service::PROGRAM
+                    .serve(saga_runtime::config::load(config).unwrap())
+                    .await
+            }
+            "post-service" => {
+                post_service::PROGRAM
+                    .serve(saga_runtime::config::load(config).unwrap())
+                    .await
+            }
             other => panic!("unknown service {other}"),
         }
     });

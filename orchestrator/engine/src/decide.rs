@@ -18,7 +18,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::definition::{RetryPolicy, SagaDefinition, splitmix64};
+use crate::definition::{RetryPolicy, SagaDefinition};
 use crate::saga::{Phase, PhaseRecord, PhaseStatus, Saga, SagaId, SagaState, StepRecord};
 
 /// Something that happened to a saga, fed to [`decide`].
@@ -673,7 +673,7 @@ impl<'a> Machine<'a> {
         let used = attempt - rec.budget_from.min(attempt);
         let budget_start = rec.budget_start().unwrap_or(now);
         let retry_at = policy.allows_retry(used, budget_start, now).then(|| {
-            let wait = policy.backoff(attempt, splitmix64(seed ^ u64::from(attempt)));
+            let wait = policy.backoff(attempt, seed ^ u64::from(attempt));
             now + TimeDelta::milliseconds(wait.as_millis() as i64)
         });
         let spent = describe_budget(used, now - budget_start);

@@ -135,13 +135,14 @@ impl RetryPolicy {
             .map(|ms| budget_start + TimeDelta::milliseconds(ms as i64))
     }
 
-    /// The wait before the attempt after `failed_attempt` (1-based). `seed` picks the jitter;
-    /// the engine derives it from the saga, step, phase and attempt so the result is reproducible.
+    /// The wait before the attempt after `failed_attempt` (1-based). `seed` picks the jitter (the
+    /// first draw of a generator seeded with it, so the same seed gives the same wait); the
+    /// engine derives it from the saga, step, phase and attempt so the result is reproducible.
     pub fn backoff(&self, failed_attempt: u32, seed: u64) -> Duration {
         let exponent = failed_attempt.saturating_sub(1).min(64) as i32;
         let raw = self.initial_backoff_ms as f64 * self.multiplier.powi(exponent);
         let capped = raw.min(self.max_backoff_ms as f64);
-        let unit = (splitmix64(seed) >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        let unit = fastrand::Rng::with_seed(seed).f64(); // [0, 1)
         let jittered = capped * (1.0 - self.jitter * unit);
         Duration::from_millis(jittered.max(0.0) as u64)
     }
@@ -170,14 +171,6 @@ impl RetryPolicy {
         }
         Ok(())
     }
-}
-
-/// A well-mixed 64-bit hash step (SplitMix64), used to turn a seed into jitter.
-pub(crate) fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// A typed field of a saga's input.

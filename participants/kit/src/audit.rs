@@ -325,35 +325,6 @@ async fn facts<D: Domain>(
     Ok(Json(read_facts(&ledger, &set, &query).await?))
 }
 
-/// One page of a fact set kept in one table, for [`Domain::facts`]: `key` and `value` are SQL
-/// expressions over `from` (e.g. `"a.id"`, `"a.name"`, `"authors a"`), written in the service's
-/// code, never taken from a request. Keys are compared and ordered as text in byte order
-/// (`COLLATE "C"`, Rust's `str` order), after `after`, at most `limit`. Give the table an index
-/// on that expression (`CREATE INDEX … ((id::text) COLLATE "C")`, as `migrations/user/0004` does)
-/// or every page sorts the whole table.
-pub async fn facts_page(
-    conn: &mut sqlx::PgConnection,
-    from: &str,
-    key: &str,
-    value: &str,
-    after: Option<&str>,
-    limit: i64,
-) -> Result<Vec<saga_proto::ledger::Fact>, sqlx::Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-        "SELECT {key}::text, ({value})::text FROM {from} \
-         WHERE ($1::text IS NULL OR {key}::text COLLATE \"C\" > $1::text COLLATE \"C\") \
-         ORDER BY {key}::text COLLATE \"C\" LIMIT $2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(key, value)| saga_proto::ledger::Fact { key, value })
-        .collect())
-}
-
 /// One page of the fact set `set`, in a read-only transaction; an unknown set is
 /// [`LedgerError::NotFound`].
 pub async fn read_facts<D: Domain>(
@@ -369,7 +340,7 @@ pub async fn read_facts<D: Domain>(
         .await?;
     tx.rollback().await?;
     let Some(mut facts) = facts else {
-        let known = ledger.domain.fact_sets();
+        let known: Vec<&str> = ledger.domain.fact_sets().iter().map(|s| s.name).collect();
         return Err(LedgerError::NotFound(format!(
             "{} publishes no fact set `{}` (it publishes: {})",
             ledger.domain.name(),

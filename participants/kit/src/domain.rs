@@ -7,8 +7,10 @@ use saga_proto::envelope::Command;
 use saga_proto::ledger::{DomainFinding, Fact, LedgerEntry, UnclaimedCursor, UnclaimedEffect};
 use serde_json::Value;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::error::DomainError;
+use crate::tables::{EffectTable, FactSet, missing_effects, unclaimed_effects};
 
 /// A participant's business logic.
 ///
@@ -29,43 +31,49 @@ pub trait Domain: Send + Sync + 'static {
         command: &Command,
     ) -> impl Future<Output = Result<Value, DomainError>> + Send;
 
+    /// The tables whose rows this service's actions create (e.g. `users`, by `CreateUser`). The
+    /// default [`Domain::check`] and [`Domain::unclaimed`] read them; default: none.
+    fn effects(&self) -> &'static [EffectTable] {
+        &[]
+    }
+
     /// The audit's domain check: whether the effects these inbox records claim still hold in the
     /// service's own data (e.g. the user a succeeded `CreateUser` created still exists). Called
     /// with each page of `GET /audit/ledger` on a read-only connection; `undone` lists, for the
     /// page's actions, whether the inbox also records their successful compensation. The
-    /// default checks nothing.
+    /// default checks the rows of [`Domain::effects`] ([`missing_effects`]); a service with
+    /// checks of its own calls that too.
     fn check(
         &self,
         conn: &mut PgConnection,
         entries: &[AuditedEntry<'_>],
     ) -> impl Future<Output = Result<Vec<DomainFinding>, sqlx::Error>> + Send {
-        let _ = (conn, entries);
-        async { Ok(Vec::new()) }
+        missing_effects(conn, entries, self.effects())
     }
 
     /// The audit's other direction: effects created in `[since, until)` in the service's own data
     /// that no inbox record claims — made outside any saga (e.g. by hand). One page: at most
     /// `limit` effects in (check name in byte order, id) order, all after `after`. The default
-    /// finds none.
+    /// reads the rows of [`Domain::effects`] ([`unclaimed_effects`]).
     fn unclaimed(
         &self,
         conn: &mut PgConnection,
         window: UnclaimedWindow<'_>,
     ) -> impl Future<Output = Result<Vec<Unclaimed>, sqlx::Error>> + Send {
-        let _ = (conn, window);
-        async { Ok(Vec::new()) }
+        unclaimed_effects(conn, window, self.effects())
     }
 
-    /// The names of the fact sets this service publishes for the audit's cross-checks (see
-    /// [`Domain::facts`]); named in the 404 of an unknown set.
-    fn fact_sets(&self) -> &'static [&'static str] {
+    /// The fact sets this service publishes for the audit's cross-checks (see
+    /// [`Domain::facts`]); their names are listed in the 404 of an unknown set. Default: none.
+    fn fact_sets(&self) -> &'static [FactSet] {
         &[]
     }
 
     /// One page of the fact set `set`: at most `limit` (key, value) pairs with keys above
     /// `after`, in byte order of the keys (`ORDER BY key COLLATE "C"`, which is Rust's `str`
     /// order), so that the orchestrator can merge-join two services' sets page by page.
-    /// `None`: the service publishes no such set. The default publishes none.
+    /// `None`: the service publishes no such set. The default reads the set of that name in
+    /// [`Domain::fact_sets`].
     fn facts(
         &self,
         conn: &mut PgConnection,
@@ -73,8 +81,13 @@ pub trait Domain: Send + Sync + 'static {
         after: Option<&str>,
         limit: i64,
     ) -> impl Future<Output = Result<Option<Vec<Fact>>, sqlx::Error>> + Send {
-        let _ = (conn, set, after, limit);
-        async { Ok(None) }
+        let found = self.fact_sets().iter().find(|s| s.name == set);
+        async move {
+            match found {
+                Some(set) => set.page(conn, after, limit).await.map(Some),
+                None => Ok(None),
+            }
+        }
     }
 }
 
@@ -114,6 +127,16 @@ impl AuditedEntry<'_> {
             && self.entry.command_type == command_type
             && self.entry.outcome == saga_proto::ledger::LedgerOutcome::Succeeded
             && !self.undone
+    }
+
+    /// A UUID field of the recorded reply (`None` when absent or not a UUID).
+    pub fn reply_uuid(&self, field: &str) -> Option<Uuid> {
+        self.entry
+            .reply
+            .as_ref()?
+            .get(field)?
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
     }
 
     /// A finding about this entry.

@@ -10,19 +10,26 @@
 //!   types, from `saga_proto`.
 //! - [`inbox`]: the one-transaction protocol ([`Participant`]).
 //! - [`app`]: settings and [`ParticipantApp`] (build → run until stopped).
+//! - [`program`]: [`Program`], the service as a binary (`<name> [migrate]`, telemetry, signals).
 //! - [`audit`]: `GET /audit/ledger`, the inbox as the orchestrator's consistency audit reads it,
 //!   with the domain's checks ([`Domain::check`]); `GET /audit/unclaimed` ([`Domain::unclaimed`])
 //!   and `GET /audit/facts/{set}`, the fact sets of the audit's cross-checks ([`Domain::facts`]).
+//! - [`tables`]: what those read of the service's own tables, declared ([`EffectTable`],
+//!   [`FactSet`]) instead of written per service.
 
 pub mod app;
 pub mod audit;
 pub mod domain;
 pub mod error;
 pub mod inbox;
+pub mod program;
+pub mod tables;
 
 pub use app::{ParticipantApp, ParticipantSettings, ServiceDefaults, migrate};
 pub use domain::{AuditedEntry, Domain, Unclaimed, UnclaimedWindow};
 pub use error::DomainError;
 pub use inbox::{Decision, Participant, Processed};
+pub use program::Program;
 pub use saga_proto::Phase;
 pub use saga_proto::envelope::Command;
+pub use tables::{EffectTable, FactSet};

@@ -5,19 +5,25 @@
 //! Business failures: e-mail already registered, unknown or disabled user, post quota exhausted,
 //! user disabled before the post was confirmed.
 
-use saga_participant::audit::facts_page;
+use saga_participant::tables::missing_effects;
 use saga_participant::{
-    AuditedEntry, Command, Domain, DomainError, ParticipantApp, ParticipantSettings, ServiceDefaults,
-    Unclaimed, UnclaimedWindow,
+    AuditedEntry, Command, Domain, DomainError, EffectTable, FactSet, ParticipantSettings, Program,
+    ServiceDefaults,
 };
-use saga_proto::ledger::{DomainFinding, Fact, UnclaimedCursor, UnclaimedEffect};
+use saga_proto::ledger::DomainFinding;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/user");
+
+/// The `user-service` binary.
+pub static PROGRAM: Program<UserRules, Users> = Program {
+    name: "user-service",
+    migrator: &MIGRATOR,
+    domain: Users::new,
+};
 
 /// The user service's business settings (`APP_RULES__…`).
 #[derive(Debug, Clone, Deserialize)]
@@ -84,134 +90,82 @@ impl Domain for Users {
         }
     }
 
-    /// A succeeded `CreateUser` that was not undone: the user still exists. A succeeded
-    /// `ConfirmPost` (the pivot): its confirmed reservation is still there. A succeeded
-    /// `ReservePostQuota`: its reservation is still there, or — once `ReleasePostQuota` undid it —
-    /// no longer holds a slot.
+    /// A user a succeeded `CreateUser` created, and that was not undone, still exists; a user no
+    /// succeeded `CreateUser` in the inbox names was made outside any saga.
+    fn effects(&self) -> &'static [EffectTable] {
+        &EFFECTS
+    }
+
+    /// The users of [`Domain::effects`]; a succeeded `ConfirmPost` (the pivot): its confirmed
+    /// reservation is still there; a succeeded `ReservePostQuota`: its reservation is still
+    /// there, or — once `ReleasePostQuota` undid it — no longer holds a slot.
     async fn check(
         &self,
         conn: &mut PgConnection,
         entries: &[AuditedEntry<'_>],
     ) -> Result<Vec<DomainFinding>, sqlx::Error> {
-        let mut findings = Vec::new();
-        let created: Vec<(&AuditedEntry<'_>, Option<Uuid>)> = entries
-            .iter()
-            .filter(|e| e.holds("CreateUser"))
-            .map(|e| (e, reply_id(e, "user_id")))
-            .collect();
-        let ids: Vec<Uuid> = created.iter().filter_map(|(_, id)| *id).collect();
-        let existing: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        for (e, id) in created {
-            match id {
-                None => findings.push(e.finding(
-                    "user_id_missing",
-                    "the recorded CreateUser reply names no user_id".into(),
-                )),
-                Some(id) if !existing.contains(&id) => findings.push(e.finding(
-                    "user_missing",
-                    format!("user {id} created by this saga no longer exists in the users database"),
-                )),
-                Some(_) => {}
-            }
-        }
-        let confirmed: Vec<&AuditedEntry<'_>> = entries.iter().filter(|e| e.holds("ConfirmPost")).collect();
-        let sagas: Vec<Uuid> = confirmed.iter().map(|e| e.entry.saga_id).collect();
-        let present: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT saga_id FROM post_reservations WHERE saga_id = ANY($1) AND state = 'confirmed'",
-        )
-        .bind(&sagas)
-        .fetch_all(&mut *conn)
-        .await?;
-        for e in confirmed {
-            if !present.contains(&e.entry.saga_id) {
-                findings.push(e.finding(
-                    "confirmed_post_missing",
-                    "the post this saga confirmed is no longer counted (no confirmed reservation)".into(),
-                ));
-            }
-        }
+        let mut findings = missing_effects(conn, entries, self.effects()).await?;
+        findings.extend(check_confirmed(conn, entries).await?);
         findings.extend(check_reservations(conn, entries).await?);
         Ok(findings)
     }
 
-    /// Users created in the window that no succeeded `CreateUser` in the inbox names: made
-    /// outside any saga.
-    async fn unclaimed(
-        &self,
-        conn: &mut PgConnection,
-        window: UnclaimedWindow<'_>,
-    ) -> Result<Vec<Unclaimed>, sqlx::Error> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT u.id FROM users u WHERE u.created_at >= $1 AND ($2::timestamptz IS NULL OR u.created_at < $2) \
-             AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.phase = 'action' AND i.outcome = 'success' \
-               AND i.command_type = 'CreateUser' AND i.reply->>'user_id' = u.id::text) \
-             AND ($3::text IS NULL OR ('user_unclaimed' COLLATE \"C\", u.id) > ($3::text COLLATE \"C\", $4::uuid)) \
-             ORDER BY u.id LIMIT $5",
-        )
-        .bind(window.since)
-        .bind(window.until)
-        .bind(window.after.map(|a| a.check.as_str()))
-        .bind(window.after.map(|a| a.id))
-        .bind(window.limit)
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(ids
-            .into_iter()
-            .map(|id| Unclaimed {
-                at: UnclaimedCursor {
-                    check: "user_unclaimed".into(),
-                    id,
-                },
-                effect: UnclaimedEffect {
-                    check: "user_unclaimed".into(),
-                    entity: format!("user {id}"),
-                    message: format!(
-                        "user {id} is in the users database, but no CreateUser of any saga created it"
-                    ),
-                },
-            })
-            .collect())
-    }
-
-    fn fact_sets(&self) -> &'static [&'static str] {
+    fn fact_sets(&self) -> &'static [FactSet] {
         &FACT_SETS
-    }
-
-    /// `users`: user id → name; `post_counts`: user id → the number of posts counted for the
-    /// user (confirmed by `ConfirmPost`). For the cross-checks against post-service's
-    /// `authors` and `post_counts`.
-    async fn facts(
-        &self,
-        conn: &mut PgConnection,
-        set: &str,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Option<Vec<Fact>>, sqlx::Error> {
-        let value = match set {
-            "users" => "name",
-            "post_counts" => "post_count",
-            _ => return Ok(None),
-        };
-        facts_page(conn, "users", "id", value, after, limit)
-            .await
-            .map(Some)
     }
 }
 
-/// The fact sets user-service publishes.
-pub const FACT_SETS: [&str; 2] = ["users", "post_counts"];
+/// The rows user-service's actions create.
+const EFFECTS: [EffectTable; 1] = [EffectTable {
+    kind: "user",
+    table: "users",
+    command: "CreateUser",
+    reply_field: "user_id",
+    noun: "user",
+    database: "users database",
+}];
 
-/// A UUID field of the recorded reply.
-fn reply_id(e: &AuditedEntry<'_>, field: &str) -> Option<Uuid> {
-    e.entry
-        .reply
-        .as_ref()?
-        .get(field)?
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
+/// `users`: user id → name; `post_counts`: user id → the number of posts counted for the user
+/// (confirmed by `ConfirmPost`). For the cross-checks against post-service's `authors` and
+/// `post_counts`.
+pub const FACT_SETS: [FactSet; 2] = [
+    FactSet {
+        name: "users",
+        from: "users",
+        key: "id",
+        value: "name",
+    },
+    FactSet {
+        name: "post_counts",
+        from: "users",
+        key: "id",
+        value: "post_count",
+    },
+];
+
+/// A succeeded `ConfirmPost` (the pivot): the post it confirmed is still counted.
+async fn check_confirmed(
+    conn: &mut PgConnection,
+    entries: &[AuditedEntry<'_>],
+) -> Result<Vec<DomainFinding>, sqlx::Error> {
+    let confirmed: Vec<&AuditedEntry<'_>> = entries.iter().filter(|e| e.holds("ConfirmPost")).collect();
+    let sagas: Vec<Uuid> = confirmed.iter().map(|e| e.entry.saga_id).collect();
+    let present: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT saga_id FROM post_reservations WHERE saga_id = ANY($1) AND state = 'confirmed'",
+    )
+    .bind(&sagas)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(confirmed
+        .into_iter()
+        .filter(|e| !present.contains(&e.entry.saga_id))
+        .map(|e| {
+            e.finding(
+                "confirmed_post_missing",
+                "the post this saga confirmed is no longer counted (no confirmed reservation)".into(),
+            )
+        })
+        .collect())
 }
 
 impl Users {
@@ -377,20 +331,4 @@ async fn confirm_post(tx: &mut PgConnection, cmd: &Command) -> Result<Value, Dom
     .fetch_one(tx)
     .await?;
     Ok(json!({ "post_count": count }))
-}
-
-/// The whole program: logs and span export, the service until SIGINT/SIGTERM, then a bounded flush
-/// of the spans still buffered.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let telemetry = saga_runtime::telemetry::init("user-service", settings.log_format);
-    let result = run(settings, saga_runtime::shutdown::on_signals()).await;
-    telemetry.shutdown(std::time::Duration::from_secs(5));
-    result
-}
-
-/// Builds and runs the service until `shutdown` (the end-to-end tests run it in-process).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = ParticipantApp::build(&settings, Users::new(settings.rules.clone()), &MIGRATOR).await?;
-    tracing::info!("user-service ready");
-    app.run_until_stopped(shutdown).await
 }

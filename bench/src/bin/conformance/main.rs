@@ -33,6 +33,7 @@ use anyhow::Context;
 use clap::Parser;
 use prost::Message;
 use rdkafka::producer::FutureProducer;
+use rustix::process::{Pid, Signal, kill_process};
 use saga_proto::envelope::{self, Command, Outcome, Reply};
 use saga_proto::ledger::LedgerOutcome;
 use saga_proto::{Phase, headers};
@@ -655,6 +656,14 @@ impl Outage {
 /// The process id of the participant started with `--run` (0: none), for the signal handler.
 static RUNNING: AtomicU32 = AtomicU32::new(0);
 
+/// Sends `signal` to process `pid`; 0 (no process) or a pid beyond the kernel's range is
+/// skipped, and a process already gone is no error.
+fn signal_pid(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
 /// On SIGINT or SIGTERM: SIGKILL the participant the kit started, then exit.
 fn stop_on_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -666,12 +675,7 @@ fn stop_on_signal() -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
         let pid = RUNNING.load(Ordering::SeqCst);
-        if pid != 0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
+        signal_pid(pid, Signal::KILL);
         eprintln!("conformance: interrupted");
         std::process::exit(130);
     });
@@ -742,22 +746,14 @@ impl Target {
                     let _ = c.wait();
                 }
             }
-            Target::Pid(pid) => {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
+            Target::Pid(pid) => signal_pid(*pid, Signal::KILL),
         }
     }
 
     /// SIGTERM and a bounded wait for a clean exit (only a process the kit started).
     fn stop(&mut self) {
         if let Target::Run { child: Some(c), .. } = self {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
+            let _ = kill_process(Pid::from_child(c), Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if matches!(c.try_wait(), Ok(Some(_))) {
