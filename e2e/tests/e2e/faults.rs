@@ -9,7 +9,10 @@ use saga_bench::audit::Databases;
 use saga_bench::client::Orchestrator;
 use saga_e2e::DEMO_CROSS_CHECKS;
 use saga_e2e::{ServiceProcess, WAIT, free_port};
-use saga_proto::v1::SagaState;
+use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use saga_proto::v1::{
+    GetJobRequest, Job, JobState, ListJobItemsRequest, ReplayCompensationsRequest, SagaFilter, SagaState,
+};
 use saga_runtime::kafka::KafkaSettings;
 use saga_runtime::testing::{fresh_database, kafka_settings};
 use serde_json::json;
@@ -29,6 +32,8 @@ struct Cluster {
     posts: Option<ServiceProcess>,
     /// Talks to replica 0.
     client: Option<Orchestrator>,
+    /// Settings every orchestrator replica starts with (e.g. a catalog of its own).
+    orchestrator_env: Vec<(String, String)>,
 }
 
 /// Waits until a service answers `/healthz` on `port`.
@@ -47,6 +52,11 @@ async fn serving(port: u16, what: &str) {
 
 impl Cluster {
     async fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, &[]).await
+    }
+
+    /// A cluster whose orchestrator replicas all start with `orchestrator_env`.
+    async fn start_with(replicas: usize, orchestrator_env: &[(&str, &str)]) -> Self {
         let kafka = kafka_settings();
         let (orchestrator, orchestrator_url) = fresh_database(&saga_orchestrator::MIGRATOR).await;
         let (users, users_url) = fresh_database(&user_service::MIGRATOR).await;
@@ -65,6 +75,10 @@ impl Cluster {
             users: None,
             posts: None,
             client: None,
+            orchestrator_env: orchestrator_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         for i in 0..replicas {
             cluster.start_orchestrator(i).await;
@@ -95,6 +109,7 @@ impl Cluster {
     /// Starts replica `i` and waits until its gRPC port takes connections.
     async fn start_orchestrator_with(&mut self, i: usize, extra: &[(&str, &str)]) {
         let mut env = self.env(0, &format!("orchestrator-{i}"));
+        env.extend(self.orchestrator_env.iter().cloned());
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         env.push((
             "APP_GRPC__LISTEN".into(),
@@ -353,4 +368,228 @@ async fn two_replicas_fire_each_deadline_once_and_one_of_them_can_die() {
     )
     .await;
     assert_eq!(twice, 0, "a deadline was handled twice");
+}
+
+/// The built-in catalog with one change: a `register_user` saga whose DeleteUser is not answered
+/// gives up after about a second and a half, so sagas park as failed in real time (a test's
+/// stand-in for an hour of outage).
+fn catalog_with_short_compensation_budget() -> std::path::PathBuf {
+    let builtin = include_str!("../../../orchestrator/sagas.toml");
+    let anchor = "compensation = \"DeleteUser\"\n";
+    assert!(builtin.contains(anchor), "the built-in catalog changed");
+    let changed = builtin.replacen(
+        anchor,
+        &format!("{anchor}compensation_retry = {{ give_up_after_ms = 1500, initial_backoff_ms = 100, max_backoff_ms = 300 }}\n"),
+        1,
+    );
+    let changed = changed.replacen("deadline_ms = 5000", "deadline_ms = 1000", 1);
+    let path = std::env::temp_dir().join(format!("saga-catalog-{}.toml", uuid::Uuid::now_v7()));
+    std::fs::write(&path, changed).expect("write the catalog");
+    path
+}
+
+const OPERATOR: &str = "faults-operator-token-0001";
+
+async fn job(client: &mut SagaOrchestratorClient<tonic::transport::Channel>, id: &str) -> Job {
+    client
+        .get_job(GetJobRequest { job_id: id.into() })
+        .await
+        .expect("GetJob")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_interrupted_by_sigterm_resumes_on_the_other_replica_with_exact_counts() {
+    const N: usize = 30;
+    let catalog = catalog_with_short_compensation_budget();
+    let catalog_path = catalog.display().to_string();
+    let mut c = Cluster::start_with(
+        2,
+        &[
+            ("APP_CATALOG_PATH", catalog_path.as_str()),
+            ("APP_AUTH__OPERATORS__OPS", OPERATOR),
+        ],
+    )
+    .await;
+    // N sagas parked the way it happens in production: each new user's pen name is taken, so
+    // CreateAuthor is refused, and the user service is away for longer than DeleteUser's budget.
+    let taken = c
+        .client()
+        .start(
+            "register_user",
+            json!({"email": "taken@example.com", "name": "Taken"}),
+            "",
+        )
+        .await
+        .unwrap();
+    c.all_completed(std::slice::from_ref(&taken)).await;
+    c.posts.take().unwrap().kill();
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        ids.push(
+            c.client()
+                .start(
+                    "register_user",
+                    json!({"email": format!("p{i}@example.com"), "name": "Taken"}),
+                    "",
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    until_at_least(
+        &c.dbs.users,
+        "SELECT count(*) FROM users",
+        N as i64 + 1,
+        "every user created",
+    )
+    .await;
+    c.users.take().unwrap().terminate();
+    c.start_posts().await;
+    until_at_least(
+        &c.dbs.orchestrator,
+        "SELECT count(*) FROM sagas WHERE state = 'failed'",
+        N as i64,
+        "every saga parked",
+    )
+    .await;
+    c.start_users().await;
+    // The replicas start again with the built-in catalog: budgets may be tuned in place, and a
+    // replayed compensation gets the catalog's budget of an hour — so replies held up by the
+    // stopped replica's partitions (static membership keeps them until its session times out)
+    // cannot park a saga again.
+    c.orchestrator_env = vec![("APP_AUTH__OPERATORS__OPS".into(), OPERATOR.into())];
+    for i in 0..2 {
+        c.orchestrators[i].0.take().unwrap().terminate();
+        c.start_orchestrator(i).await;
+    }
+    // The user service consumes again once a new saga gets through it.
+    let probe = c
+        .client()
+        .start(
+            "register_user",
+            json!({"email": "probe@example.com", "name": "Probe"}),
+            "",
+        )
+        .await
+        .unwrap();
+    let probe = c.client().wait_terminal(&[probe], WAIT).await.unwrap();
+    assert_eq!(
+        probe[0].state,
+        SagaState::Completed as i32,
+        "the user service is back"
+    );
+
+    // The bulk replay, paced at 10 sagas a second, started on replica 0.
+    let url = format!("http://127.0.0.1:{}", c.orchestrators[0].1);
+    let mut client = SagaOrchestratorClient::connect(url).await.unwrap();
+    let mut request = tonic::Request::new(ReplayCompensationsRequest {
+        filter: Some(SagaFilter {
+            saga_type: "register_user".into(),
+            ..SagaFilter::default()
+        }),
+        reason: "user-service is back".into(),
+        dry_run: false,
+        rate_per_second: 10.0,
+        limit: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {OPERATOR}").parse().unwrap());
+    let id = client
+        .start_replay_job(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    // Whichever replica works it is stopped with SIGTERM a few sagas in.
+    let deadline = Instant::now() + WAIT;
+    let working = loop {
+        let j = job(&mut client, &id).await;
+        if j.processed >= 5 && !j.owner.is_empty() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the job never got going: {j:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let owner = (0..2)
+        .find(|i| working.owner.starts_with(&format!("orchestrator-{i}/")))
+        .unwrap_or_else(|| panic!("owner {} is no replica of this cluster", working.owner));
+    let status = c.orchestrators[owner].0.take().unwrap().terminate();
+    assert!(status.is_some_and(|s| s.success()), "a clean stop: {status:?}");
+    let handed_over: (i32, String) =
+        sqlx::query_as("SELECT processed, state FROM operator_jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&c.dbs.orchestrator)
+            .await
+            .unwrap();
+    assert!(
+        handed_over.0 < N as i32 && handed_over.1 == "running",
+        "stopped mid-way: {handed_over:?}"
+    );
+
+    // The other replica goes on from where it stopped and ends with exact counts.
+    let other = 1 - owner;
+    let mut client =
+        SagaOrchestratorClient::connect(format!("http://127.0.0.1:{}", c.orchestrators[other].1))
+            .await
+            .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut owners = std::collections::BTreeSet::new();
+    let done = loop {
+        let j = job(&mut client, &id).await;
+        if !j.owner.is_empty() {
+            owners.insert(j.owner.split('/').next().unwrap_or_default().to_owned());
+        }
+        if j.state != JobState::Running as i32 {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the job never ended: {j:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done.state, JobState::Completed as i32);
+    assert_eq!(
+        owners,
+        [format!("orchestrator-{other}")].into(),
+        "finished by the other replica"
+    );
+    assert_eq!(done.processed, N as u32);
+    assert_eq!(done.counts, [("replayed".to_owned(), N as u32)].into());
+    let items = client
+        .list_job_items(ListJobItemsRequest {
+            job_id: id.clone(),
+            after_seq: 0,
+            page_size: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        (1..=N as u32).collect::<Vec<_>>()
+    );
+    let replayed: std::collections::BTreeSet<String> = items
+        .iter()
+        .map(|i| i.result.as_ref().unwrap().saga_id.clone())
+        .collect();
+    assert_eq!(replayed, ids.iter().cloned().collect(), "each parked saga once");
+    let replays = scalar(
+        &c.dbs.orchestrator,
+        "SELECT count(*) FROM saga_events WHERE kind = 'compensation_replayed'",
+    )
+    .await;
+    assert_eq!(replays, N as i64, "no saga replayed twice");
+    // Every replay reaches the user service, now back: every saga ends compensated.
+    let client = Orchestrator::connect(&format!("http://127.0.0.1:{}", c.orchestrators[other].1), WAIT)
+        .await
+        .unwrap();
+    let views = client.wait_terminal(&ids, WAIT).await.unwrap();
+    assert!(views.iter().all(|v| v.state == SagaState::Compensated as i32));
+    assert_eq!(
+        scalar(&c.dbs.users, "SELECT count(*) FROM users").await,
+        2,
+        "only the pen name's holder and the probe"
+    );
+    let _ = std::fs::remove_file(&catalog);
 }

@@ -250,7 +250,8 @@ impl Application {
         };
         let wake = jobs::Wake::default();
         if settings.jobs.enabled {
-            let runner = JobRunner::new(coordinator.clone(), settings.jobs.clone(), wake.clone());
+            let replica = settings.kafka.instance_id.as_deref().filter(|id| !id.is_empty());
+            let runner = JobRunner::new(coordinator.clone(), settings.jobs.clone(), replica, wake.clone());
             tasks.spawn(runner.run(shutdown.clone()));
         }
         let api = Api::new(coordinator, auth, settings.operator.clone(), wake);

@@ -80,12 +80,22 @@ enum Stop {
 }
 
 impl JobRunner {
-    pub(crate) fn new(coordinator: Arc<Coordinator>, settings: JobSettings, wake: Wake) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "orchestrator".into());
+    /// `replica` names this replica to operators (the pod's name: `kafka.instance_id`, else the
+    /// host's name); a fresh suffix makes the owner unique to this start.
+    pub(crate) fn new(
+        coordinator: Arc<Coordinator>,
+        settings: JobSettings,
+        replica: Option<&str>,
+        wake: Wake,
+    ) -> Self {
+        let replica = replica
+            .map(str::to_owned)
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "orchestrator".into());
         Self {
             coordinator,
             settings,
-            owner: format!("{host}/{}", Uuid::now_v7()),
+            owner: format!("{replica}/{}", Uuid::now_v7()),
             wake,
         }
     }
