@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
     let mut stack = Stack::start().await;
-    // One parked saga (and the user holding the pen name), two compensated, two completed.
-    let parked = stack.park_register_sagas(1).await.remove(0);
+    // Two parked sagas (and the user holding the pen name), two compensated, two completed.
+    let mut parked = stack.park_register_sagas(2).await;
+    let (bulk, parked) = (parked.remove(0), parked.remove(0));
     let mut ids = vec![];
     for i in 0..2 {
         ids.push(
@@ -29,7 +30,7 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
     // Overview: counts by state, the chart, the parked saga under "needs attention".
     b.goto(&format!("{base}/#/")).await;
     b.find("#state-cards").await;
-    assert_eq!(b.text("#count-failed .n").await, "1");
+    assert_eq!(b.text("#count-failed .n").await, "2");
     assert_eq!(b.text("#count-compensated .n").await, "2");
     assert_eq!(b.text("#count-completed .n").await, "3");
     assert!(b.text("#attention").await.contains(&parked));
@@ -132,7 +133,52 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
         stack.client.get(&parked).await.unwrap().state,
         SagaState::Compensated as i32
     );
+    // The other parked saga, replayed in bulk from the list filtered to failed sagas: a job,
+    // followed on its page until it has handled every saga the filter selects.
+    b.goto(&format!("{base}/#/sagas?state=failed")).await;
+    b.until(
+        "the failed saga listed",
+        &format!("document.querySelector('#saga-list tr[data-saga=\"{bulk}\"]') !== null"),
+    )
+    .await;
+    b.until(
+        "bulk replay enabled",
+        "!document.querySelector('#act-bulk-replay').disabled",
+    )
+    .await;
+    b.click("#act-bulk-replay").await;
+    b.until(
+        "the confirmation dialog",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    b.type_into("#confirm-reason", "bulk: user-service is back").await;
+    b.click("#confirm-ok").await;
+    b.until(
+        "the job's page, completed",
+        "location.hash.startsWith('#/jobs/') && document.querySelector('#job-state')?.dataset.state === 'completed'",
+    )
+    .await;
+    assert_eq!(b.text("#job-processed").await, "1 (replayed 1)");
+    assert!(b.text("#job-items").await.contains(&bulk));
+    b.screenshot("7-job.png").await;
+    b.click("#nav-jobs").await;
+    b.until(
+        "the jobs list",
+        "document.querySelectorAll('#job-list tr[data-job]').length === 1",
+    )
+    .await;
+    assert_eq!(
+        stack
+            .client
+            .wait_terminal(std::slice::from_ref(&bulk), WAIT)
+            .await
+            .unwrap()[0]
+            .state,
+        SagaState::Compensated as i32
+    );
     for name in [
+        "7-job.png",
         "1-overview.png",
         "2-list-compensated.png",
         "3-detail-compensated.png",
@@ -364,6 +410,46 @@ async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
     assert_eq!(
         get(&format!("{base}/api/nothing"), None).await,
         (404, json!({"error": "no API endpoint /api/nothing"}))
+    );
+
+    // Jobs: empty at first; a bulk replay started as a job (it selects nothing here), read back.
+    assert_eq!(
+        get(&format!("{base}/api/jobs"), None).await,
+        (200, json!({"jobs": [], "next_cursor": null}))
+    );
+    assert_eq!(
+        post(&format!("{base}/api/jobs"), None, r#"{"reason":"x"}"#)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(
+            &format!("{base}/api/jobs"),
+            Some(OPERATOR_TOKEN),
+            r#"{"reason":"x","colour":"red"}"#
+        )
+        .await
+        .0,
+        400,
+        "an unknown field is refused"
+    );
+    let (status, started) = post(
+        &format!("{base}/api/jobs"),
+        Some(OPERATOR_TOKEN),
+        r#"{"reason":"nothing parked","type":"register_user"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    let job_id = started["job"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["job"]["params"]["filter"]["state"], "failed");
+    let (status, shown) = get(&format!("{base}/api/jobs/{job_id}"), None).await;
+    assert_eq!((status, &shown["job"]["id"]), (200, &json!(job_id)));
+    assert_eq!(get(&format!("{base}/api/jobs/nope"), None).await.0, 400);
+    assert_eq!(get(&format!("{base}/api/jobs/{missing}"), None).await.0, 404);
+    assert_eq!(
+        get(&format!("{base}/api/jobs?limit=0"), None).await,
+        (400, json!({"error": "limit: `0` is not a number from 1 to 500"}))
     );
 
     // Actions: credential first, then a reason, then whether the action applies.

@@ -157,7 +157,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 /// serde's "unknown field `x`, expected one of `a`, `b`" in the words of a query string:
 /// "unknown parameter `x` (known: a, b)".
 fn unknown_parameter(why: &str) -> Option<String> {
-    let rest = why.strip_prefix("unknown field ")?;
+    // (serde_path_to_error puts the parameter's name in front: "colour: unknown field …".)
+    let rest = why.split_once("unknown field ")?.1;
     let (name, known) = rest.split_once(", expected one of ")?;
     Some(format!(
         "unknown parameter {name} (known: {})",
