@@ -12,6 +12,8 @@
 //! - [`backoff`]: the doubling wait of every retrying loop.
 //! - `testing` (feature `test-util`): throwaway databases and topic readers for integration tests.
 
+#![warn(unreachable_pub)]
+
 pub mod backoff;
 pub mod config;
 pub mod consumer;

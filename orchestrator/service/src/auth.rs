@@ -12,7 +12,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 /// Shortest accepted token: anything shorter is guessable.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,29 +26,29 @@ pub struct AuthSettings {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
+pub(crate) enum Role {
     Reader,
     Operator,
 }
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub name: String,
     pub role: Role,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("auth: {0}")]
-pub struct AuthConfigError(String);
+pub(crate) struct AuthConfigError(String);
 
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     credentials: Vec<(Caller, SecretString)>,
     protect_reads: bool,
 }
 
 impl Authenticator {
-    pub fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
+    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
         let mut credentials = Vec::new();
         for (role, map) in [
             (Role::Operator, &settings.operators),
@@ -96,7 +96,7 @@ impl Authenticator {
     }
 
     /// For operator actions: an operator's credential, or the precise refusal.
-    pub fn operator(&self, authorization: Option<&str>) -> Result<Caller, Denied> {
+    pub(crate) fn operator(&self, authorization: Option<&str>) -> Result<Caller, Denied> {
         match self.identify(authorization)? {
             Some(c) if c.role == Role::Operator => Ok(c),
             Some(c) => Err(Denied::PermissionDenied(format!(
@@ -110,7 +110,7 @@ impl Authenticator {
     }
 
     /// For reads: anyone when reads are open, else any known credential.
-    pub fn reader(&self, authorization: Option<&str>) -> Result<(), Denied> {
+    pub(crate) fn reader(&self, authorization: Option<&str>) -> Result<(), Denied> {
         if !self.protect_reads {
             return Ok(());
         }
@@ -123,7 +123,7 @@ impl Authenticator {
     }
 
     /// Whether reads need a credential (the dashboard asks for one up front then).
-    pub fn reads_protected(&self) -> bool {
+    pub(crate) fn reads_protected(&self) -> bool {
         self.protect_reads
     }
 }
@@ -147,7 +147,7 @@ impl From<Denied> for Status {
 }
 
 /// The `authorization` value of gRPC metadata (a non-text value reads as a malformed one).
-pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
+pub(crate) fn bearer(metadata: &MetadataMap) -> Option<&str> {
     metadata.get("authorization").map(|v| v.to_str().unwrap_or(""))
 }
 

@@ -21,6 +21,8 @@
 //! The public surface is what tests and tools need: the application and its settings, the
 //! migrations, the clocks tests move, and the change feed's channel and payload.
 
+#![warn(unreachable_pub)]
+
 mod api;
 mod audit;
 mod auth;

@@ -47,7 +47,7 @@ impl Change {
 
 /// What a watcher receives.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     Changed(Box<Change>),
     /// Notifications may have been missed (the listener reconnected, or this watcher fell
     /// behind): re-read whatever you show.
@@ -56,23 +56,23 @@ pub enum Event {
 
 /// The fan-out point.
 #[derive(Clone)]
-pub struct Changes {
+pub(crate) struct Changes {
     tx: broadcast::Sender<Event>,
 }
 
 impl Changes {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             tx: broadcast::Sender::new(4096),
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }
 
     /// Listens until `shutdown`, reconnecting (and announcing a resync) when the connection drops.
-    pub async fn run(self, pool: PgPool, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, pool: PgPool, shutdown: CancellationToken) {
         loop {
             let listener = async {
                 let mut l = PgListener::connect_with(&pool).await?;

@@ -16,7 +16,12 @@ pub struct Routing {
 }
 
 /// One outbox row carrying `cmd`, keyed by saga id.
-pub fn command_message(saga: &Saga, cmd: &Command, causation_id: &str, routing: &Routing) -> OutboxMessage {
+pub(crate) fn command_message(
+    saga: &Saga,
+    cmd: &Command,
+    causation_id: &str,
+    routing: &Routing,
+) -> OutboxMessage {
     let command = envelope::Command {
         message_id: Uuid::now_v7().to_string(),
         saga_id: saga.id.as_uuid(),
@@ -52,7 +57,7 @@ pub struct IncomingReply {
 }
 
 /// Decodes a reply envelope into the engine's terms. The error is the dead-letter reason.
-pub fn decode_reply(bytes: &[u8]) -> Result<IncomingReply, DecodeError> {
+pub(crate) fn decode_reply(bytes: &[u8]) -> Result<IncomingReply, DecodeError> {
     let r = envelope::Reply::decode(bytes)?;
     let outcome = match r.outcome {
         Outcome::Success { payload } => ReplyOutcome::Success { payload },

@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// What kind of disagreement a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FindingKind {
+pub(crate) enum FindingKind {
     /// The orchestrator recorded a step's action as succeeded; the participant has no success.
     MissingSuccess,
     /// The action took effect at the participant, the saga compensated (or recorded the undo),
@@ -40,7 +40,7 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 9] = [
+    pub(crate) const ALL: [FindingKind; 9] = [
         FindingKind::MissingSuccess,
         FindingKind::MissingCompensation,
         FindingKind::EndedDifferently,
@@ -52,7 +52,7 @@ impl FindingKind {
         FindingKind::ReplicaDrift,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FindingKind::MissingSuccess => "missing_success",
             FindingKind::MissingCompensation => "missing_compensation",
@@ -69,7 +69,7 @@ impl FindingKind {
 
 /// One disagreement, with both sides' records.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub kind: FindingKind,
     /// `None` for an effect no saga claims.
     pub saga_id: Option<Uuid>,
@@ -89,7 +89,7 @@ pub struct Finding {
 
 /// A saga as the audit reads it from the orchestrator's store.
 #[derive(Debug, Clone)]
-pub struct AuditedSaga {
+pub(crate) struct AuditedSaga {
     pub id: Uuid,
     pub saga_type: String,
     pub definition_version: u32,
@@ -102,11 +102,11 @@ pub struct AuditedSaga {
 
 /// A participant's ledger entries for one saga, keyed by (step, phase), with the name of the
 /// participant that recorded each.
-pub type SagaLedger<'a> = HashMap<(u32, Phase), (&'a str, &'a LedgerEntry)>;
+pub(crate) type SagaLedger<'a> = HashMap<(u32, Phase), (&'a str, &'a LedgerEntry)>;
 
 /// How the rules are applied.
 #[derive(Debug, Clone, Copy)]
-pub struct Rules {
+pub(crate) struct Rules {
     pub now: DateTime<Utc>,
     /// Sagas running, compensating or parked for longer than this are findings; younger
     /// unfinished sagas are in flight, and their ledgers are not compared yet.
@@ -123,7 +123,7 @@ fn phase_json(p: &PhaseRecord) -> Value {
 }
 
 /// The orchestrator's side of a finding: the saga's state and, for a step, its two phases.
-pub fn orchestrator_json(saga: &AuditedSaga, step: Option<u32>) -> Value {
+pub(crate) fn orchestrator_json(saga: &AuditedSaga, step: Option<u32>) -> Value {
     let mut v = json!({
         "state": saga.state,
         "created_at": saga.created_at,
@@ -144,7 +144,7 @@ pub fn orchestrator_json(saga: &AuditedSaga, step: Option<u32>) -> Value {
 /// Checks one saga. `ledger` holds the entries of the participants that serve each step's topic;
 /// `covered(topic)` says whether some participant serves it (steps of other topics are skipped:
 /// the report lists them as not audited).
-pub fn check_saga(
+pub(crate) fn check_saga(
     definition: Option<&SagaDefinition>,
     saga: &AuditedSaga,
     ledger: &SagaLedger<'_>,

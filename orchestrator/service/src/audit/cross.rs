@@ -62,7 +62,7 @@ impl From<FactPair> for String {
 
 /// A configured cross-check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrossCheck {
+pub(crate) struct CrossCheck {
     /// Its key in `[audit.cross_checks]`, named in its findings, e.g. `authors_replicate_users`.
     pub name: String,
     pub left: FactSource,
@@ -85,7 +85,7 @@ impl std::fmt::Display for FactSource {
 
 /// A key the two sets disagree on; `None`: the side has no such key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Drift {
+pub(crate) struct Drift {
     pub key: String,
     pub left: Option<String>,
     pub right: Option<String>,
@@ -147,7 +147,7 @@ impl<'a> FactCursor<'a> {
 }
 
 /// One merge-join of the two sets: every key they disagree on, in key order.
-pub async fn compare(
+pub(crate) async fn compare(
     left: &LedgerClient,
     left_set: &str,
     right: &LedgerClient,
@@ -200,7 +200,7 @@ pub async fn compare(
 
 /// The disagreements of `second` (read after the settle delay) on keys `first` also disagreed on:
 /// what did not settle. Both are in key order.
-pub fn persisting(first: &[Drift], second: Vec<Drift>) -> Vec<Drift> {
+pub(crate) fn persisting(first: &[Drift], second: Vec<Drift>) -> Vec<Drift> {
     second
         .into_iter()
         .filter(|d| first.binary_search_by(|f| f.key.cmp(&d.key)).is_ok())
@@ -208,7 +208,7 @@ pub fn persisting(first: &[Drift], second: Vec<Drift>) -> Vec<Drift> {
 }
 
 /// The finding's message: which key, and what each side holds.
-pub fn describe(check: &CrossCheck, drift: &Drift) -> String {
+pub(crate) fn describe(check: &CrossCheck, drift: &Drift) -> String {
     let side = |source: &FactSource, value: &Option<String>| match value {
         Some(v) => format!("{source} = {v:?}"),
         None => format!("{source} has no such key"),

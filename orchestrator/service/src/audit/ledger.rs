@@ -15,7 +15,7 @@ use super::Coverage;
 
 /// Why a participant's ledger could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
+pub(crate) enum LedgerError {
     #[error("audit.participants.{name}: `{url}` is not an http(s) URL")]
     BadUrl { name: String, url: String },
     #[error("audit.cross_checks `{check}`: no participant `{name}` in audit.participants (known: {known})")]
@@ -33,7 +33,7 @@ pub enum LedgerError {
 }
 
 /// One configured participant.
-pub struct LedgerClient {
+pub(crate) struct LedgerClient {
     name: String,
     /// The ledger endpoint's URL.
     url: String,
@@ -45,7 +45,7 @@ pub struct LedgerClient {
 }
 
 impl LedgerClient {
-    pub fn new(name: &str, base_url: &str, timeout: Duration) -> Result<Self, LedgerError> {
+    pub(crate) fn new(name: &str, base_url: &str, timeout: Duration) -> Result<Self, LedgerError> {
         let base = base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://"))
             || reqwest::Url::parse(base).is_err()
@@ -73,13 +73,13 @@ impl LedgerClient {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The participant's effects created in `[since, until)` that no inbox record claims, read
     /// `page_size` at a time.
-    pub async fn unclaimed(
+    pub(crate) async fn unclaimed(
         &self,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -106,7 +106,12 @@ impl LedgerClient {
     }
 
     /// One page of the participant's fact set `set`: keys above `after`, at most `limit`.
-    pub async fn facts(&self, set: &str, after: Option<&str>, limit: u32) -> Result<FactsPage, LedgerError> {
+    pub(crate) async fn facts(
+        &self,
+        set: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<FactsPage, LedgerError> {
         let mut url = reqwest::Url::parse(&self.facts_url).map_err(|_| self.unreadable("bad URL".into()))?;
         url.path_segments_mut()
             .map_err(|()| self.unreadable("bad URL".into()))?
@@ -119,7 +124,7 @@ impl LedgerClient {
     }
 
     /// An answer of this participant that makes no sense.
-    pub fn unreadable(&self, why: String) -> LedgerError {
+    pub(crate) fn unreadable(&self, why: String) -> LedgerError {
         LedgerError::Unreadable {
             name: self.name.clone(),
             why,
@@ -127,7 +132,12 @@ impl LedgerClient {
     }
 
     /// A reader of the window `[since, until)`.
-    pub fn reader(&self, since: DateTime<Utc>, until: DateTime<Utc>, page_size: u32) -> LedgerReader<'_> {
+    pub(crate) fn reader(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        page_size: u32,
+    ) -> LedgerReader<'_> {
         LedgerReader {
             client: self,
             since: since.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -178,7 +188,7 @@ impl LedgerClient {
 }
 
 /// Walks one participant's ledger for one audit.
-pub struct LedgerReader<'a> {
+pub(crate) struct LedgerReader<'a> {
     client: &'a LedgerClient,
     since: String,
     until: String,
@@ -191,16 +201,16 @@ pub struct LedgerReader<'a> {
 }
 
 impl LedgerReader<'_> {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.client.name
     }
 
     /// The command topic the participant serves (known after its first answer).
-    pub fn topic(&self) -> Option<&str> {
+    pub(crate) fn topic(&self) -> Option<&str> {
         self.topic.as_deref()
     }
 
-    pub fn coverage(&self) -> Coverage {
+    pub(crate) fn coverage(&self) -> Coverage {
         Coverage {
             name: self.client.name.clone(),
             service: self.service.clone().unwrap_or_default(),
@@ -211,7 +221,7 @@ impl LedgerReader<'_> {
 
     /// Every entry after the previous call's up to saga `through` (inclusive; to the window's
     /// end when `None`), with the domain checks' findings about them.
-    pub async fn read_through(
+    pub(crate) async fn read_through(
         &mut self,
         through: Option<Uuid>,
     ) -> Result<(Vec<LedgerEntry>, Vec<DomainFinding>), LedgerError> {

@@ -10,20 +10,24 @@
 //! - [`check`]: the rules, without I/O ([`check::check_saga`]).
 //! - [`ledger`]: the HTTP client of a participant's audit endpoints.
 //! - [`cross`]: the cross-checks, two participants' fact sets merge-joined key by key.
-//! - this module: [`AuditSettings`], [`Auditor::run`] and the periodic audit with its metrics.
+//! - `report`: what an audit is asked ([`AuditRequest`], [`AuditSettings`]) and answers
+//!   ([`AuditReport`], [`AuditError`]).
+//! - this module: [`Auditor::run`] and the periodic audit with its metrics.
 
-pub mod check;
-pub mod cross;
-pub mod ledger;
+pub(crate) mod check;
+pub(crate) mod cross;
+pub(crate) mod ledger;
+mod report;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+pub(crate) use report::{AuditError, AuditReport, AuditRequest, AuditSettings, Coverage};
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use saga_engine::StepRecord;
 use saga_proto::ledger::{LedgerEntry, first_id_at};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
@@ -33,111 +37,6 @@ use crate::catalog::Catalog;
 use crate::coordinator::Coordinator;
 use check::{AuditedSaga, Finding, FindingKind, Rules, SagaLedger};
 use ledger::{LedgerClient, LedgerError};
-
-/// `[audit]`: where the participants' ledgers are, and the periodic audit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditSettings {
-    /// Participant name → base URL of its HTTP port (where `/metrics` is), e.g.
-    /// `users = "http://user-service:8081"` (`APP_AUDIT__PARTICIPANTS__USERS=…`). Each
-    /// participant says which command topic it serves; steps of a topic no participant serves
-    /// are listed as not audited.
-    pub participants: BTreeMap<String, String>,
-    /// Run an audit every this many seconds (0: never; the default).
-    pub interval_secs: u64,
-    /// How far back the periodic audit looks (sagas created in the last … seconds).
-    pub window_secs: u64,
-    /// Running, compensating or parked sagas older than this are findings.
-    pub unfinished_after_secs: u64,
-    /// Sagas and ledger entries read per page.
-    pub page_size: u32,
-    /// Timeout of one ledger request.
-    pub request_timeout_ms: u64,
-    /// Name → a pair of participants' fact sets that must agree key for key, e.g.
-    /// `authors_replicate_users = "users.users = posts.authors"` (see [`cross::FactPair`]);
-    /// checked by every audit of all saga types.
-    pub cross_checks: BTreeMap<String, cross::FactPair>,
-    /// A cross-check's disagreement is only reported if it is still there when the sets are read
-    /// again this many milliseconds later: a saga between its steps is not drift.
-    pub settle_ms: u64,
-}
-
-impl Default for AuditSettings {
-    fn default() -> Self {
-        Self {
-            participants: BTreeMap::new(),
-            interval_secs: 0,
-            window_secs: 24 * 3600,
-            unfinished_after_secs: 15 * 60,
-            page_size: 1_000,
-            request_timeout_ms: 10_000,
-            cross_checks: BTreeMap::new(),
-            settle_ms: 2_000,
-        }
-    }
-}
-
-/// What to audit.
-#[derive(Debug, Clone)]
-pub struct AuditRequest {
-    pub since: DateTime<Utc>,
-    /// Sagas created before this; the audit's start when `None`.
-    pub until: Option<DateTime<Utc>>,
-    pub saga_type: Option<String>,
-    /// The settings' threshold when `None`.
-    pub unfinished_after: Option<Duration>,
-}
-
-/// What one participant contributed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Coverage {
-    pub name: String,
-    pub service: String,
-    pub commands_topic: String,
-    pub entries: u64,
-}
-
-/// An audit's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditReport {
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub saga_type: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub duration_seconds: f64,
-    pub sagas_checked: u64,
-    pub ledger_entries: u64,
-    pub participants: Vec<Coverage>,
-    /// Step topics of audited sagas that no configured participant serves.
-    pub unaudited_topics: Vec<String>,
-    /// In saga id order, then by kind and step.
-    pub findings: Vec<Finding>,
-}
-
-impl AuditReport {
-    /// Findings per kind (every kind present, 0 when none).
-    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts: BTreeMap<&'static str, usize> =
-            FindingKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
-        for f in &self.findings {
-            *counts.entry(f.kind.as_str()).or_default() += 1;
-        }
-        counts
-    }
-}
-
-/// Why an audit could not be completed.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("{0}")]
-    InvalidRequest(String),
-    #[error("the orchestrator database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored saga {0} cannot be read: {1}")]
-    Corrupt(Uuid, String),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-}
 
 #[derive(sqlx::FromRow)]
 struct SagaRow {
@@ -170,7 +69,7 @@ impl TryFrom<SagaRow> for AuditedSaga {
 }
 
 /// Runs audits; shared by the gRPC API, the dashboard and the periodic loop.
-pub struct Auditor {
+pub(crate) struct Auditor {
     coordinator: Arc<Coordinator>,
     settings: AuditSettings,
     participants: Vec<LedgerClient>,
@@ -180,7 +79,7 @@ pub struct Auditor {
 
 impl Auditor {
     /// Reads sagas through `coordinator`'s pool and catalog, and takes `now` from its clock.
-    pub fn new(coordinator: Arc<Coordinator>, settings: AuditSettings) -> Result<Self, LedgerError> {
+    pub(crate) fn new(coordinator: Arc<Coordinator>, settings: AuditSettings) -> Result<Self, LedgerError> {
         let timeout = Duration::from_millis(settings.request_timeout_ms);
         let participants: Vec<LedgerClient> = settings
             .participants
@@ -222,18 +121,18 @@ impl Auditor {
         self.coordinator.catalog()
     }
 
-    pub fn settings(&self) -> &AuditSettings {
+    pub(crate) fn settings(&self) -> &AuditSettings {
         &self.settings
     }
 
     /// The latest completed audit's report (periodic or requested), if any ran.
-    pub fn last(&self) -> Option<Arc<AuditReport>> {
+    pub(crate) fn last(&self) -> Option<Arc<AuditReport>> {
         self.last.lock().ok().and_then(|l| l.clone())
     }
 
     /// One audit of `request`'s window; records the report as the latest and exports its metrics.
     #[tracing::instrument(skip_all, fields(since = %request.since, saga_type = request.saga_type.as_deref()))]
-    pub async fn run(&self, request: &AuditRequest) -> Result<Arc<AuditReport>, AuditError> {
+    pub(crate) async fn run(&self, request: &AuditRequest) -> Result<Arc<AuditReport>, AuditError> {
         let clock = Instant::now();
         let started_at = self.coordinator.now();
         let until = request.until.unwrap_or(started_at);
@@ -540,7 +439,7 @@ impl Auditor {
 
     /// Runs an audit of the last `window_secs` every `interval_secs` until `shutdown` (the
     /// caller starts it only when `interval_secs` > 0). A failed audit is logged and counted.
-    pub async fn run_periodically(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run_periodically(self: Arc<Self>, shutdown: CancellationToken) {
         let every = Duration::from_secs(self.settings.interval_secs.max(1));
         let window =
             chrono::Duration::seconds(i64::try_from(self.settings.window_secs).unwrap_or(i64::MAX / 1000));

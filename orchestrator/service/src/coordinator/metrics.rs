@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 /// Creates every saga counter (and the `sagas_by_state` gauges) at 0 for the catalog's saga types,
 /// steps and phases, so each series exists from the start: a counter first seen at 1 hides its
 /// first event from `rate()` and `increase()`, and dashboards and alerts find every series.
-pub fn register(catalog: &Catalog) {
+pub(crate) fn register(catalog: &Catalog) {
     for def in catalog.definitions() {
         let t = def.name.clone();
         metrics::counter!("saga_started_total", "saga_type" => t.clone()).increment(0);

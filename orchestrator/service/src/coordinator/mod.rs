@@ -8,11 +8,11 @@
 //! - [`timers`]: deadlines and retries, woken by the timer loop.
 //! - [`metrics`]: saga metrics, derived from each committed decision's events.
 
-pub mod metrics;
-pub mod operator;
-pub mod replies;
+pub(crate) mod metrics;
+pub(crate) mod operator;
+pub(crate) mod replies;
 mod start;
-pub mod timers;
+pub(crate) mod timers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +28,8 @@ use crate::clock::Clock;
 use crate::store::{NewEvent, RowWrite, SagaWrite, StoreError, StoredSaga};
 use crate::wire::{self, Routing};
 
-pub use operator::{ReplayOutcome, ReplayReport};
-pub use start::{StartError, StartWriter};
+pub(crate) use operator::{ReplayOutcome, ReplayReport};
+pub(crate) use start::{StartError, StartWriter};
 
 /// How often a write that lost an optimistic-concurrency race is re-read and retried.
 const CONFLICT_RETRIES: usize = 8;

@@ -151,12 +151,12 @@ impl Coordinator {
 }
 
 /// The reply consumer's handler.
-pub struct ReplyHandler {
+pub(crate) struct ReplyHandler {
     coordinator: Arc<Coordinator>,
 }
 
 impl ReplyHandler {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+    pub(crate) fn new(coordinator: Arc<Coordinator>) -> Self {
         Self { coordinator }
     }
 }

@@ -16,7 +16,7 @@ use super::{Coordinator, current_step_name, metrics};
 use crate::store::{self, NewEvent, RowWrite, SagaWrite, StoreError};
 
 /// Longest accepted idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+pub(super) const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
 /// Most new sagas written by one group transaction.
 const START_BATCH: usize = 256;

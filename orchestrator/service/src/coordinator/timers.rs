@@ -56,7 +56,7 @@ impl Coordinator {
 
 /// The timer loop: every `interval_ms`, wake what is due, batch after batch while they come back
 /// full.
-pub async fn run(coordinator: Arc<Coordinator>, settings: TimerSettings, shutdown: CancellationToken) {
+pub(crate) async fn run(coordinator: Arc<Coordinator>, settings: TimerSettings, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(settings.interval_ms.max(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let batch = settings.batch_size.max(1);

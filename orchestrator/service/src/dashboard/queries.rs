@@ -15,12 +15,12 @@ use crate::catalog::Catalog;
 use crate::store::{SagaSummary, StoreError};
 
 /// How many of the most recent finished sagas the latency percentiles are computed over.
-pub const LATENCY_SAMPLE: i64 = 2_000;
+pub(super) const LATENCY_SAMPLE: i64 = 2_000;
 /// A saga compensating for longer than this needs attention.
-pub const LONG_COMPENSATION: TimeDelta = TimeDelta::minutes(5);
+pub(super) const LONG_COMPENSATION: TimeDelta = TimeDelta::minutes(5);
 
 #[derive(Debug, Serialize)]
-pub struct Minute {
+pub(super) struct Minute {
     pub minute: DateTime<Utc>,
     pub started: i64,
     pub completed: i64,
@@ -29,7 +29,7 @@ pub struct Minute {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct StepLatency {
+pub(super) struct StepLatency {
     pub saga_type: String,
     #[sqlx(skip)]
     pub step: String,
@@ -44,13 +44,15 @@ pub struct StepLatency {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Attention {
+pub(super) struct Attention {
     pub count: i64,
     pub sagas: Vec<SagaSummary>,
 }
 
 /// Sagas by type and state.
-pub async fn counts(conn: &mut PgConnection) -> Result<BTreeMap<String, BTreeMap<String, i64>>, StoreError> {
+pub(super) async fn counts(
+    conn: &mut PgConnection,
+) -> Result<BTreeMap<String, BTreeMap<String, i64>>, StoreError> {
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT saga_type, state, count(*) FROM sagas GROUP BY saga_type, state")
             .fetch_all(conn)
@@ -63,7 +65,10 @@ pub async fn counts(conn: &mut PgConnection) -> Result<BTreeMap<String, BTreeMap
 }
 
 /// Started and finished sagas per minute over the hour before `now`, zero-filled, oldest first.
-pub async fn per_minute(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Minute>, StoreError> {
+pub(super) async fn per_minute(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<Minute>, StoreError> {
     let to_minute = |t: DateTime<Utc>| t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t);
     let start = to_minute(now) - TimeDelta::minutes(59);
     let mut minutes: Vec<Minute> = (0..60)
@@ -112,7 +117,7 @@ pub async fn per_minute(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<V
 
 /// p50/p90/p99 of succeeded step phases (first dispatch to success) over the most recent finished
 /// sagas of the last hour.
-pub async fn step_latency(
+pub(super) async fn step_latency(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     catalog: &Catalog,
@@ -169,7 +174,7 @@ async fn attention(
 }
 
 /// The three lists an operator looks at first.
-pub async fn needs_attention(
+pub(super) async fn needs_attention(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
 ) -> Result<BTreeMap<&'static str, Attention>, StoreError> {
@@ -204,7 +209,7 @@ pub async fn needs_attention(
 }
 
 /// The last payload sent per (step, phase), from the `command_dispatched` history.
-pub fn commands_sent(history: &[crate::store::HistoryEntry]) -> BTreeMap<(u64, String), Value> {
+pub(super) fn commands_sent(history: &[crate::store::HistoryEntry]) -> BTreeMap<(u64, String), Value> {
     let mut sent = BTreeMap::new();
     for h in history.iter().filter(|h| h.kind == "command_dispatched") {
         let d = &h.data.0;

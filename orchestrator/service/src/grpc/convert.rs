@@ -15,14 +15,14 @@ use crate::jobs::{Job, JobItem, JobState};
 use crate::store::{ListFilter, SagaSummary, StoredSaga};
 use crate::watch::Change;
 
-pub fn ts(t: DateTime<Utc>) -> Timestamp {
+pub(super) fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 
-pub fn state_to_pb(s: SagaState) -> pb::SagaState {
+pub(super) fn state_to_pb(s: SagaState) -> pb::SagaState {
     match s {
         SagaState::Running => pb::SagaState::Running,
         SagaState::Compensating => pb::SagaState::Compensating,
@@ -32,7 +32,7 @@ pub fn state_to_pb(s: SagaState) -> pb::SagaState {
     }
 }
 
-pub fn state_from_pb(s: pb::SagaState) -> Option<SagaState> {
+pub(super) fn state_from_pb(s: pb::SagaState) -> Option<SagaState> {
     match s {
         pb::SagaState::Unspecified => None,
         pb::SagaState::Running => Some(SagaState::Running),
@@ -70,7 +70,7 @@ fn phase_view(command_type: &str, p: &PhaseRecord) -> pb::PhaseView {
 }
 
 /// The full view of a saga; `def` supplies step names and command types.
-pub fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb::SagaView {
+pub(super) fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb::SagaView {
     let s = &stored.saga;
     let steps = s
         .steps
@@ -110,7 +110,7 @@ pub fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb::SagaV
     }
 }
 
-pub fn time(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn time(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, ApiError> {
     t.map(|t| {
         DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
             .ok_or_else(|| ApiError::invalid(format!("{field}: not a valid time")))
@@ -125,7 +125,7 @@ fn set(s: &str) -> Option<&str> {
 
 /// A filter, by the shared rules (`catalog` rejects unknown saga types, so a typo is an error
 /// rather than an empty result).
-pub fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<ListFilter, ApiError> {
+pub(super) fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<ListFilter, ApiError> {
     let Some(f) = f else {
         return Ok(ListFilter::default());
     };
@@ -157,7 +157,7 @@ pub fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<ListFilte
 }
 
 /// A stored filter as the request that would select the same sagas.
-pub fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
+pub(super) fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
     pb::SagaFilter {
         saga_type: f.saga_type.clone().unwrap_or_default(),
         state: f.state.map_or(pb::SagaState::Unspecified, state_to_pb) as i32,
@@ -182,7 +182,7 @@ pub fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
     }
 }
 
-pub fn summary(r: SagaSummary) -> pb::SagaSummary {
+pub(super) fn summary(r: SagaSummary) -> pb::SagaSummary {
     pb::SagaSummary {
         saga_id: r.id.to_string(),
         saga_type: r.saga_type,
@@ -197,7 +197,7 @@ pub fn summary(r: SagaSummary) -> pb::SagaSummary {
     }
 }
 
-pub fn change_summary(c: &Change) -> pb::SagaSummary {
+pub(super) fn change_summary(c: &Change) -> pb::SagaSummary {
     summary(SagaSummary {
         id: c.id,
         saga_type: c.saga_type.clone(),
@@ -209,7 +209,7 @@ pub fn change_summary(c: &Change) -> pb::SagaSummary {
     })
 }
 
-pub fn planned_pb(commands: &[Planned]) -> Vec<pb::PlannedCommand> {
+pub(super) fn planned_pb(commands: &[Planned]) -> Vec<pb::PlannedCommand> {
     commands
         .iter()
         .map(|c| pb::PlannedCommand {
@@ -224,7 +224,12 @@ pub fn planned_pb(commands: &[Planned]) -> Vec<pb::PlannedCommand> {
 }
 
 /// A replay's result: `outcome` as stored (see [`crate::coordinator::ReplayOutcome::as_str`]).
-pub fn replay_result(saga_id: &str, outcome: &str, detail: &str, commands: &[Planned]) -> pb::ReplayResult {
+pub(super) fn replay_result(
+    saga_id: &str,
+    outcome: &str,
+    detail: &str,
+    commands: &[Planned],
+) -> pb::ReplayResult {
     let outcome = match outcome {
         "replayed" => pb::ReplayOutcome::Replayed,
         "would_replay" => pb::ReplayOutcome::WouldReplay,
@@ -242,7 +247,7 @@ pub fn replay_result(saga_id: &str, outcome: &str, detail: &str, commands: &[Pla
     }
 }
 
-pub fn report_pb(r: &ReplayReport, topic_prefix: &str) -> pb::ReplayResult {
+pub(super) fn report_pb(r: &ReplayReport, topic_prefix: &str) -> pb::ReplayResult {
     replay_result(
         &r.saga_id.to_string(),
         r.outcome.as_str(),
@@ -251,7 +256,7 @@ pub fn report_pb(r: &ReplayReport, topic_prefix: &str) -> pb::ReplayResult {
     )
 }
 
-pub fn job_pb(j: &Job) -> pb::Job {
+pub(super) fn job_pb(j: &Job) -> pb::Job {
     pb::Job {
         job_id: j.id.to_string(),
         kind: j.kind.clone(),
@@ -277,7 +282,7 @@ pub fn job_pb(j: &Job) -> pb::Job {
     }
 }
 
-pub fn job_item_pb(i: &JobItem) -> pb::JobItem {
+pub(super) fn job_item_pb(i: &JobItem) -> pb::JobItem {
     let commands: Vec<Planned> = serde_json::from_value(i.commands.0.clone()).unwrap_or_default();
     pb::JobItem {
         seq: u32::try_from(i.seq).unwrap_or(0),

@@ -43,7 +43,7 @@ fn page(n: u32) -> Result<i64, ApiError> {
 }
 
 #[derive(Clone)]
-pub struct SagaApi {
+pub(crate) struct SagaApi {
     api: Api,
     changes: Changes,
     /// Ends the streams, so an open watcher never holds up a shutdown.

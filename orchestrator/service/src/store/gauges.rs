@@ -5,7 +5,7 @@
 /// `saga_oldest_in_state_seconds{state}`, how long the least recently changed running or
 /// compensating saga has been waiting. Both read indexes (`sagas_state_id`); a failed read leaves
 /// the last values.
-pub async fn sample_gauges(pool: sqlx::PgPool) {
+pub(crate) async fn sample_gauges(pool: sqlx::PgPool) {
     let counts: Result<Vec<(String, String, i64)>, _> = sqlx::query_as(
         "SELECT saga_type, state, count(*) FROM sagas \
          WHERE state IN ('running', 'compensating', 'failed') GROUP BY saga_type, state",

@@ -66,7 +66,7 @@ fn first_id_at(t: DateTime<Utc>) -> Uuid {
 
 /// The inclusive range of ids starting with `prefix` (hex digits, dashes ignored), so a prefix
 /// search is an index range scan.
-pub fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
+pub(crate) fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
     let hex: String = prefix.chars().filter(|c| *c != '-').collect();
     if hex.is_empty() || hex.len() > 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
@@ -82,7 +82,7 @@ pub fn id_range(prefix: &str) -> Result<(Uuid, Uuid), String> {
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct SagaSummary {
+pub(crate) struct SagaSummary {
     pub id: Uuid,
     pub saga_type: String,
     pub state: String,
@@ -92,7 +92,7 @@ pub struct SagaSummary {
     pub updated_at: DateTime<Utc>,
 }
 
-pub async fn list(
+pub(crate) async fn list(
     conn: &mut PgConnection,
     filter: &ListFilter,
     limit: i64,

@@ -25,9 +25,9 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-pub use gauges::sample_gauges;
-pub use list::{ListFilter, SagaSummary, id_range, list};
-pub use write::{NewEvent, RowWrite, SagaWrite, commit};
+pub(crate) use gauges::sample_gauges;
+pub(crate) use list::{ListFilter, SagaSummary, id_range, list};
+pub(crate) use write::{NewEvent, RowWrite, SagaWrite, commit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,7 +46,7 @@ pub enum StoreError {
 
 /// A saga as loaded, with its concurrency token.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredSaga {
+pub(crate) struct StoredSaga {
     pub saga: Saga,
     pub version: i64,
     pub idempotency_key: Option<String>,
@@ -102,7 +102,10 @@ impl TryFrom<SagaRow> for StoredSaga {
 
 /// Loads and locks the given sagas (in id order, so concurrent batches never deadlock). Missing
 /// ids are simply absent from the result.
-pub async fn lock_many(conn: &mut PgConnection, ids: &[SagaId]) -> Result<Vec<StoredSaga>, StoreError> {
+pub(crate) async fn lock_many(
+    conn: &mut PgConnection,
+    ids: &[SagaId],
+) -> Result<Vec<StoredSaga>, StoreError> {
     let ids: Vec<Uuid> = ids.iter().map(|i| i.as_uuid()).collect();
     let rows: Vec<SagaRow> = sqlx::query_as(&format!(
         "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ANY($1) ORDER BY id FOR UPDATE"
@@ -113,7 +116,7 @@ pub async fn lock_many(conn: &mut PgConnection, ids: &[SagaId]) -> Result<Vec<St
     rows.into_iter().map(StoredSaga::try_from).collect()
 }
 
-pub async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
+pub(crate) async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
     let row: Option<SagaRow> = sqlx::query_as(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = $1"))
         .bind(id.as_uuid())
         .fetch_optional(conn)
@@ -123,7 +126,7 @@ pub async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSa
 
 /// Whether any saga's wake-up time has come: one lookup in the `wake_at` index, no transaction
 /// and no lock, so the timer's idle ticks cost one round trip.
-pub async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(sqlx::query_scalar(ANY_DUE).bind(now).fetch_one(pool).await?)
 }
 
@@ -131,11 +134,11 @@ pub async fn any_due(pool: &sqlx::PgPool, now: DateTime<Utc>) -> Result<bool, St
 /// as `EXISTS (… WHERE wake_at <= $1)`, a table not yet analyzed was read whole (1.7 ms a tick at
 /// 3,000 sagas, `pg_stat_statements`); an ordered `LIMIT 1` takes the index whatever the
 /// statistics (tested in `plans.rs` here).
-pub const ANY_DUE: &str = "SELECT coalesce((SELECT wake_at FROM sagas WHERE wake_at IS NOT NULL \
+pub(crate) const ANY_DUE: &str = "SELECT coalesce((SELECT wake_at FROM sagas WHERE wake_at IS NOT NULL \
                            ORDER BY wake_at LIMIT 1) <= $1, false)";
 
 /// Locks up to `limit` sagas whose wake-up time has come, skipping those another replica holds.
-pub async fn lock_due(
+pub(crate) async fn lock_due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
@@ -151,7 +154,7 @@ pub async fn lock_due(
 }
 
 /// The saga holding an idempotency key, with the hash of the request that created it.
-pub async fn find_by_key(
+pub(crate) async fn find_by_key(
     conn: &mut PgConnection,
     key: &str,
 ) -> Result<Option<(SagaId, Vec<u8>)>, StoreError> {
@@ -165,7 +168,7 @@ pub async fn find_by_key(
 
 /// One history entry.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub kind: String,
@@ -173,7 +176,7 @@ pub struct HistoryEntry {
     pub data: Json<Value>,
 }
 
-pub async fn history(conn: &mut PgConnection, id: SagaId) -> Result<Vec<HistoryEntry>, StoreError> {
+pub(crate) async fn history(conn: &mut PgConnection, id: SagaId) -> Result<Vec<HistoryEntry>, StoreError> {
     Ok(
         sqlx::query_as("SELECT id, at, kind, actor, data FROM saga_events WHERE saga_id = $1 ORDER BY id")
             .bind(id.as_uuid())

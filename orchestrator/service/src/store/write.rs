@@ -16,7 +16,7 @@ use super::StoreError;
 /// read at, or left as it is), the history events the decisions recorded and the outbox rows of
 /// the commands they issued (each already carrying the trace context it continues).
 #[derive(Debug, Clone)]
-pub struct SagaWrite<'a> {
+pub(crate) struct SagaWrite<'a> {
     pub saga: &'a Saga,
     pub row: RowWrite<'a>,
     /// The name of the step the saga is at (for queries), if any.
@@ -27,7 +27,7 @@ pub struct SagaWrite<'a> {
 
 /// What happens to a saga row.
 #[derive(Debug, Clone, Copy)]
-pub enum RowWrite<'a> {
+pub(crate) enum RowWrite<'a> {
     /// A new saga, at version 1, unless its idempotency key is taken.
     Insert {
         idempotency_key: Option<&'a str>,
@@ -43,7 +43,7 @@ pub enum RowWrite<'a> {
 
 /// A history event of a [`SagaWrite`].
 #[derive(Debug, Clone, Copy)]
-pub struct NewEvent<'a> {
+pub(crate) struct NewEvent<'a> {
     pub at: DateTime<Utc>,
     pub actor: &'a str,
     pub event: &'a Event,
@@ -56,7 +56,10 @@ pub struct NewEvent<'a> {
 /// idempotency key was taken (by an earlier saga, or one earlier in the batch), whose events and
 /// messages are then left out too. A changed saga whose version moved fails the whole batch with
 /// [`StoreError::Conflict`]: the caller re-reads and decides again.
-pub async fn commit(conn: &mut PgConnection, writes: &[SagaWrite<'_>]) -> Result<Vec<bool>, StoreError> {
+pub(crate) async fn commit(
+    conn: &mut PgConnection,
+    writes: &[SagaWrite<'_>],
+) -> Result<Vec<bool>, StoreError> {
     let new: Vec<&SagaWrite<'_>> = writes
         .iter()
         .filter(|w| matches!(w.row, RowWrite::Insert { .. }))
