@@ -11,7 +11,7 @@ use serde::Deserialize;
 const BUILTIN: &str = include_str!("../../sagas.toml");
 
 #[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
+pub(crate) enum CatalogError {
     #[error("cannot read saga catalog {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("saga catalog is not valid TOML: {0}")]
@@ -32,17 +32,17 @@ struct File {
 
 /// Every known version of every saga type.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     versions: HashMap<(String, u32), Arc<SagaDefinition>>,
     latest: HashMap<String, Arc<SagaDefinition>>,
 }
 
 impl Catalog {
-    pub fn builtin() -> Result<Self, CatalogError> {
+    pub(crate) fn builtin() -> Result<Self, CatalogError> {
         Self::from_toml(BUILTIN)
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, CatalogError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
             path: path.display().to_string(),
             source,
@@ -50,7 +50,7 @@ impl Catalog {
         Self::from_toml(&text)
     }
 
-    pub fn from_toml(text: &str) -> Result<Self, CatalogError> {
+    pub(crate) fn from_toml(text: &str) -> Result<Self, CatalogError> {
         let file: File = toml::from_str(text)?;
         if file.saga.is_empty() {
             return Err(CatalogError::Empty);
@@ -73,29 +73,29 @@ impl Catalog {
     }
 
     /// The version new sagas of this type start on.
-    pub fn latest(&self, name: &str) -> Option<&Arc<SagaDefinition>> {
+    pub(crate) fn latest(&self, name: &str) -> Option<&Arc<SagaDefinition>> {
         self.latest.get(name)
     }
 
     /// The exact version a running saga uses.
-    pub fn get(&self, name: &str, version: u32) -> Option<&Arc<SagaDefinition>> {
+    pub(crate) fn get(&self, name: &str, version: u32) -> Option<&Arc<SagaDefinition>> {
         self.versions.get(&(name.to_owned(), version))
     }
 
     /// Saga type names, sorted.
     /// Every definition, every version.
-    pub fn definitions(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
+    pub(crate) fn definitions(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
         self.versions.values()
     }
 
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.latest.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
     }
 
     /// Every participant command topic any definition sends to (logical names).
-    pub fn participant_topics(&self) -> BTreeSet<&str> {
+    pub(crate) fn participant_topics(&self) -> BTreeSet<&str> {
         self.versions
             .values()
             .flat_map(|d| d.steps.iter().map(|s| s.participant.as_str()))

@@ -174,14 +174,6 @@ impl Application {
         self.http.addr()
     }
 
-    pub fn coordinator(&self) -> Arc<Coordinator> {
-        self.coordinator.clone()
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Reply-topic partitions assigned to this replica (0 while joining the consumer group, or
     /// when the reply consumer is disabled).
     pub fn reply_partitions(&self) -> watch::Receiver<usize> {
@@ -193,33 +185,24 @@ impl Application {
 
     /// Serves until `shutdown` fires, then drains the background loops (bounded).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            settings,
-            grpc_tls,
-            auth,
-            listener,
-            http,
-            pool,
-            coordinator,
-            starts,
-            replies,
-            health,
-        } = self;
+        // Taken apart field by field (moves out of `self`): each piece goes to the task that owns it.
+        let settings = self.settings;
+        let (pool, coordinator, auth, health) = (self.pool, self.coordinator, self.auth, self.health);
         let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = grpc_tls {
+        if let Some(tls) = self.grpc_tls {
             server = server.tls_config(tls).context("gRPC TLS")?;
         }
         let kafka = &settings.kafka;
         // One producer for the process (relay, dead letters, readiness), as Kafka recommends.
         let producer = kafka.producer()?;
         let mut tasks = JoinSet::new();
-        tasks.spawn(starts.run(coordinator.clone(), shutdown.clone()));
+        tasks.spawn(self.starts.run(coordinator.clone(), shutdown.clone()));
         if settings.relay.enabled {
             let relay = Relay::new(pool.clone(), producer.clone(), settings.relay.clone())
                 .reporting_to(health.check("outbox relay"));
             tasks.spawn(relay.run(shutdown.clone()));
         }
-        if let Some(subscription) = replies {
+        if let Some(subscription) = self.replies {
             let dead = DeadLetters::new(producer.clone(), kafka.dead_letter_topic(&settings.replies.topic));
             let handler = ReplyHandler::new(coordinator.clone());
             tasks.spawn(consumer::run(subscription, handler, dead, shutdown.clone()));
@@ -261,7 +244,11 @@ impl Application {
             shutdown: shutdown.clone(),
             auditor: auditor.clone(),
         });
-        tasks.spawn(http::serve(http, http::router(probes, board), shutdown.clone()));
+        tasks.spawn(http::serve(
+            self.http,
+            http::router(probes, board),
+            shutdown.clone(),
+        ));
         let api = SagaApi::new(api, changes, shutdown.clone()).with_auditor(auditor);
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -275,7 +262,7 @@ impl Application {
             .add_service(reflection)
             .add_service(SagaOrchestratorServer::new(api))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                TcpListenerStream::new(self.listener),
                 shutdown.clone().cancelled_owned(),
             )
             .await;

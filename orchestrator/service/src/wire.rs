@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 /// Where commands go and where their answers must come back.
 #[derive(Debug, Clone)]
-pub struct Routing {
+pub(crate) struct Routing {
     pub topic_prefix: String,
     /// Deployed reply topic name.
     pub reply_topic: String,
@@ -48,7 +48,7 @@ pub(crate) fn command_message(
 
 /// A reply as the coordinator needs it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IncomingReply {
+pub(crate) struct IncomingReply {
     pub message_id: String,
     pub saga_id: SagaId,
     pub saga_type: String,

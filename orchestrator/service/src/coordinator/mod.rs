@@ -36,7 +36,7 @@ const CONFLICT_RETRIES: usize = 8;
 
 /// Why a reply (or another input) could not be applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     #[error("no saga {0}")]
     UnknownSaga(SagaId),
     #[error("saga {id} is a {actual}, but the reply is for a {claimed}")]
@@ -65,7 +65,7 @@ impl From<sqlx::Error> for ApplyError {
 
 /// What applying an input did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub changed: bool,
     pub state: SagaState,
     /// The saga after the input, and its version.
@@ -74,7 +74,7 @@ pub struct Applied {
     pub commands: Vec<Command>,
 }
 
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     pool: PgPool,
     catalog: Arc<Catalog>,
     routing: Routing,
@@ -87,7 +87,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// The coordinator, and the group-commit writer of new sagas, which the caller runs (start-up
     /// puts it with the other background loops, so it has stopped before the pool closes).
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         catalog: Arc<Catalog>,
         routing: Routing,
@@ -106,21 +106,21 @@ impl Coordinator {
         (coordinator, writer)
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
     /// The shell's clock (the one sagas are stamped with).
-    pub fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
     /// The prefix of deployed topic names.
-    pub fn topic_prefix(&self) -> &str {
+    pub(crate) fn topic_prefix(&self) -> &str {
         &self.routing.topic_prefix
     }
 

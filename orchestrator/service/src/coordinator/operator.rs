@@ -10,7 +10,7 @@ use crate::store;
 
 /// The outcome of a compensation replay for one saga.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ReplayOutcome {
+pub(crate) enum ReplayOutcome {
     Replayed,
     WouldReplay,
     AlreadyInProgress,
@@ -19,7 +19,7 @@ pub enum ReplayOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     pub saga_id: SagaId,
     pub outcome: ReplayOutcome,
     pub commands: Vec<Command>,
@@ -27,7 +27,7 @@ pub struct ReplayReport {
 
 impl ReplayOutcome {
     /// The outcome as stored and shown (`replayed`, `already_in_progress`, …).
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Replayed => "replayed",
             Self::WouldReplay => "would_replay",
@@ -38,7 +38,7 @@ impl ReplayOutcome {
     }
 
     /// Why nothing was sent, when nothing was.
-    pub fn detail(&self) -> &str {
+    pub(crate) fn detail(&self) -> &str {
         match self {
             Self::Replayed | Self::WouldReplay => "",
             Self::AlreadyInProgress => "compensation is already in progress",
@@ -73,7 +73,7 @@ impl Acted<'_> {
 impl Coordinator {
     /// Applies an operator action; the operator is recorded as the actor of its history events.
     #[tracing::instrument(skip_all, fields(saga_id = %id, operator = operator))]
-    pub async fn act(&self, id: SagaId, input: &Input, operator: &str) -> Result<Applied, ApplyError> {
+    pub(crate) async fn act(&self, id: SagaId, input: &Input, operator: &str) -> Result<Applied, ApplyError> {
         let applied = retry_conflicts(|| async {
             let mut tx = self.pool.begin().await?;
             let acted = self.act_in(&mut tx, id, input, operator).await?;
@@ -121,7 +121,7 @@ impl Coordinator {
     }
 
     /// What `input` would do to the saga now, computed but not written (dry runs).
-    pub async fn plan(&self, id: SagaId, input: &Input) -> Result<Decision, ApplyError> {
+    pub(crate) async fn plan(&self, id: SagaId, input: &Input) -> Result<Decision, ApplyError> {
         let mut conn = self.pool.acquire().await?;
         let stored = store::load(&mut conn, id)
             .await?
@@ -131,7 +131,7 @@ impl Coordinator {
     }
 
     /// Replays the compensation of one saga (or, with `dry_run`, says what a replay would send).
-    pub async fn replay(
+    pub(crate) async fn replay(
         &self,
         id: SagaId,
         reason: &str,

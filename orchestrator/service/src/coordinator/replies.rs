@@ -24,7 +24,7 @@ impl Coordinator {
     /// engine refusal) is an `Err` in its place and the others still apply. `Err` for the whole
     /// call means nothing was written and the batch should be retried (the database is
     /// unavailable, or a saga's definition is missing from the catalog).
-    pub async fn apply_replies(
+    pub(crate) async fn apply_replies(
         &self,
         batch: &[(IncomingReply, tracing::Span)],
     ) -> Result<Vec<Result<Applied, ApplyError>>, ApplyError> {

@@ -23,7 +23,7 @@ const START_BATCH: usize = 256;
 
 /// Why a saga could not be started. Each variant names the request field at fault.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("saga_type: required (one of: {known})")]
     MissingType { known: String },
     #[error("saga_type: unknown saga type `{given}` (known: {known})")]
@@ -48,7 +48,7 @@ impl From<sqlx::Error> for StartError {
 
 /// A started (or found again) saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Started {
+pub(crate) struct Started {
     pub id: SagaId,
     /// False when the idempotency key matched an earlier identical request.
     pub created: bool,
@@ -73,7 +73,7 @@ impl Coordinator {
     /// Validates and starts a saga; with an idempotency key, a repeat of the same request returns
     /// the first saga's id instead of creating another.
     #[tracing::instrument(skip_all, fields(saga_type = saga_type, saga_id))]
-    pub async fn start_saga(
+    pub(crate) async fn start_saga(
         &self,
         saga_type: &str,
         payload_json: &str,
@@ -168,7 +168,7 @@ impl Coordinator {
 /// runs are written together by the next one, so under load one commit serves many calls; an
 /// idle system writes each saga at once. Every call gets its own answer; a database error fails
 /// every call of that transaction, and nothing of it is written.
-pub struct StartWriter {
+pub(crate) struct StartWriter {
     pool: PgPool,
     queue: mpsc::Receiver<PendingStart>,
 }
@@ -181,7 +181,7 @@ impl StartWriter {
 
     /// Writes new sagas until `shutdown`; then writes what is already queued, refuses what comes
     /// later, and returns.
-    pub async fn run(mut self, coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(START_BATCH);
         loop {
             let received = tokio::select! {

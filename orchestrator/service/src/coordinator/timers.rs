@@ -17,7 +17,7 @@ impl Coordinator {
     /// Wakes up to `limit` sagas whose deadline or retry time has come, in one transaction that
     /// locks the rows it takes (`SKIP LOCKED`, so replicas share the work). Returns how many.
     #[tracing::instrument(skip_all, fields(woken))]
-    pub async fn wake_due(&self, limit: i64) -> Result<usize, ApplyError> {
+    pub(crate) async fn wake_due(&self, limit: i64) -> Result<usize, ApplyError> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         let due = store::lock_due(&mut tx, now, limit).await?;

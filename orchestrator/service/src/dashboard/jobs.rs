@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Body, Dashboard, Params, authorization, given, page_limit};
-use crate::api::request::{self, BulkReplayRequest, CancelJobRequest};
+use crate::api::request::{self, BulkReplayRequest, CancelJobRequest, MAX_PAGE};
 use crate::api::{ApiError, Planned};
 use crate::store::ListFilter;
 
@@ -37,12 +37,12 @@ pub(super) async fn list(
     Ok(axum::Json(json!({ "jobs": jobs, "next_cursor": next })).into_response())
 }
 
+/// `GET /api/jobs/{id}`'s query: the results after a sequence number (a page holds the most
+/// results one may).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DetailParams {
-    /// Results after this sequence number.
     after: Option<String>,
-    limit: Option<String>,
 }
 
 pub(super) async fn detail(
@@ -62,9 +62,8 @@ pub(super) async fn detail(
         })
         .transpose()?
         .unwrap_or(0);
-    let page = page_limit(given(&p.limit))?;
     let job = d.api.job(id).await?;
-    let items = d.api.job_items(id, after, page).await?;
+    let items = d.api.job_items(id, after, i64::from(MAX_PAGE)).await?;
     let items: Vec<_> = items
         .iter()
         .map(|i| {

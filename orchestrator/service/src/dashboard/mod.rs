@@ -10,7 +10,7 @@
 //! - `GET /api/sagas/{id}` — steps with commands and replies, history, and which actions apply.
 //! - `GET /api/events` — server-sent events: `saga` for every change, `resync` after a gap.
 //! - `POST /api/sagas/{id}/replay|retry|abort` — operator actions (operator token and `reason`).
-//! - `GET /api/jobs?limit&cursor`, `GET /api/jobs/{id}?after`, `POST /api/jobs` (a bulk replay
+//! - `GET /api/jobs?limit&cursor`, `GET /api/jobs/{id}?after` (500 results a page), `POST /api/jobs` (a bulk replay
 //!   as a durable job), `POST /api/jobs/{id}/cancel` — operator jobs.
 //! - `GET /api/audit`, `POST /api/audit` — the last consistency audit's report; run one now.
 //!

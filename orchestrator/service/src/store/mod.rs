@@ -30,7 +30,7 @@ pub(crate) use list::{ListFilter, SagaSummary, id_range, list};
 pub(crate) use write::{NewEvent, RowWrite, SagaWrite, commit};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// One error shared by every request of a group write (StartSaga's group commit).

@@ -498,7 +498,7 @@ async function jobsPage() {
 
 async function jobPage(id) {
   let d;
-  try { d = await api('/api/jobs/' + id + '?limit=500'); } catch (e) { show(h('h1', {}, 'Job'), failure(e)); return; }
+  try { d = await api('/api/jobs/' + id); } catch (e) { show(h('h1', {}, 'Job'), failure(e)); return; }
   const j = d.job;
   const signedIn = session.identity && session.identity.role === 'operator';
   const running = j.state === 'running';
