@@ -32,18 +32,8 @@ for a in "$@"; do
 done
 $short && args=(--rate 50 --duration 5 --mix mixed "${args[@]}")
 
-pids=()
-broker_pid=""
-trap stop_stack EXIT
-trap 'exit 130' INT TERM
-
-ensure_build_tools
-ensure_postgres
-if port_open 127.0.0.1 "$BROKER_PORT"; then
-    die "something already listens on 127.0.0.1:$BROKER_PORT; the benchmark wants a broker of its own"
-fi
-rm -rf "$LOGS/kafka"
-broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/kafka" "$LOGS/broker.log")"
+begin_stack
+start_own_broker "$BROKER_PORT" "$LOGS" "the benchmark"
 for db in bench_orchestrator bench_users bench_posts; do
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 done

@@ -45,10 +45,6 @@ while [ $# -gt 0 ]; do
 done
 
 mkdir -p "$LOGS"
-pids=()
-broker_pid=""
-trap stop_stack EXIT
-trap 'exit 130' INT TERM
 
 # Maven and a JDK 17+, from Debian; the first build fetches from Maven Central into ~/.m2, later
 # ones run offline.
@@ -97,13 +93,8 @@ fresh_db() {
     echo "postgres://postgres@$PG_HOST:$PG_PORT/$1"
 }
 
-ensure_build_tools
-ensure_postgres
-if port_open 127.0.0.1 "$BROKER_PORT"; then
-    die "something already listens on 127.0.0.1:$BROKER_PORT; the kit wants a broker of its own"
-fi
-rm -rf "$LOGS/kafka"
-broker_pid="$(start_broker "$BROKER_PORT" "$LOGS/kafka" "$LOGS/broker.log")"
+begin_stack
+start_own_broker "$BROKER_PORT" "$LOGS" "the kit"
 
 bins=(--bin conformance --bin post-service --bin user-service)
 [ -n "$e2e" ] && bins+=(--bin orchestrator --bin loadgen)

@@ -25,13 +25,7 @@ BROKER_PORT="${BROKER_PORT:-9092}"
 GRPC_PORT="${GRPC_PORT:-50051}"
 LOGS="$SAGA_ROOT/target/dev"
 mkdir -p "$LOGS"
-pids=()
-broker_pid=""
-trap stop_stack EXIT
-trap 'exit 130' INT TERM
-
-ensure_build_tools
-ensure_postgres
+begin_stack
 broker_pid="$(start_broker "$BROKER_PORT" "$SAGA_CACHE/dev-kafka" "$LOGS/broker.log")"
 
 log "building ($profile)"

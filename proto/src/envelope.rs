@@ -99,19 +99,6 @@ impl Command {
         .encode_to_vec()
     }
 
-    /// The record headers (trace context is added by whoever publishes).
-    pub fn headers(&self) -> BTreeMap<String, String> {
-        routing_headers(
-            &self.message_id,
-            self.saga_id,
-            &self.saga_type,
-            &self.command_type,
-            self.phase,
-            self.attempt,
-            headers::COMMAND_CONTENT_TYPE,
-        )
-    }
-
     /// Decodes a `CommandEnvelope`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let env =
@@ -242,19 +229,6 @@ impl Reply {
         .encode_to_vec()
     }
 
-    /// The record headers (trace context is added by whoever publishes).
-    pub fn headers(&self) -> BTreeMap<String, String> {
-        routing_headers(
-            &self.message_id,
-            self.saga_id,
-            &self.saga_type,
-            &self.command_type,
-            self.phase,
-            self.attempt,
-            headers::REPLY_CONTENT_TYPE,
-        )
-    }
-
     /// Decodes a `ReplyEnvelope`. A failure without a reason gets "no reason given"; an empty
     /// success payload is JSON `null`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -307,26 +281,29 @@ fn saga_id(text: &str) -> Result<Uuid, DecodeError> {
     Uuid::parse_str(text).map_err(|_| DecodeError(format!("saga_id: `{shown}` is not a UUID")))
 }
 
-/// The headers every record of the protocol carries.
-fn routing_headers(
-    message_id: &str,
-    saga_id: Uuid,
-    saga_type: &str,
-    command_type: &str,
-    phase: Phase,
-    attempt: u32,
-    content_type: &str,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (headers::MESSAGE_ID.to_owned(), message_id.to_owned()),
-        (headers::SAGA_ID.to_owned(), saga_id.to_string()),
-        (headers::SAGA_TYPE.to_owned(), saga_type.to_owned()),
-        (headers::COMMAND_TYPE.to_owned(), command_type.to_owned()),
-        (headers::PHASE.to_owned(), phase.as_str().to_owned()),
-        (headers::ATTEMPT.to_owned(), attempt.to_string()),
-        (headers::CONTENT_TYPE.to_owned(), content_type.to_owned()),
-    ])
+/// `headers()` of both messages: the routing fields, which both carry under the same names, are
+/// repeated in every record's headers; only the content type tells the two apart.
+macro_rules! routing_headers {
+    ($message:ty, $content_type:expr) => {
+        impl $message {
+            /// The record headers (trace context is added by whoever publishes).
+            pub fn headers(&self) -> BTreeMap<String, String> {
+                BTreeMap::from([
+                    (headers::MESSAGE_ID.to_owned(), self.message_id.clone()),
+                    (headers::SAGA_ID.to_owned(), self.saga_id.to_string()),
+                    (headers::SAGA_TYPE.to_owned(), self.saga_type.clone()),
+                    (headers::COMMAND_TYPE.to_owned(), self.command_type.clone()),
+                    (headers::PHASE.to_owned(), self.phase.as_str().to_owned()),
+                    (headers::ATTEMPT.to_owned(), self.attempt.to_string()),
+                    (headers::CONTENT_TYPE.to_owned(), $content_type.to_owned()),
+                ])
+            }
+        }
+    };
 }
+
+routing_headers!(Command, headers::COMMAND_CONTENT_TYPE);
+routing_headers!(Reply, headers::REPLY_CONTENT_TYPE);
 
 #[cfg(test)]
 mod tests {

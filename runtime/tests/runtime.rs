@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use saga_runtime::consumer::{self, DeadLetters, Handler, Incoming, Transient, Verdict, Verdicts};
+use saga_runtime::kafka::{KafkaSettings, Subscription};
 use saga_runtime::outbox::{self, OutboxMessage, Relay, RelaySettings};
-use saga_runtime::testing::{TopicReader, fresh_database, kafka_settings};
+use saga_runtime::testing::{Record, TopicReader, fresh_database, kafka_settings};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/orchestrator");
@@ -39,24 +41,99 @@ async fn outbox_rows(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn relay_publishes_with_key_and_headers_then_deletes() {
+/// One message per key `k0`, `k1`, … on `topic`, each with the body `k<key>:<seq>`.
+fn round(topic: &str, keys: usize, seq: usize) -> Vec<OutboxMessage> {
+    (0..keys)
+        .map(|k| message(topic, &format!("k{k}"), &format!("k{k}:{seq}")))
+        .collect()
+}
+
+/// The key and sequence number of a record [`round`] wrote.
+fn key_and_seq(r: &Record) -> (String, usize) {
+    let body = String::from_utf8(r.payload.clone()).unwrap();
+    let (k, seq) = body.split_once(':').unwrap();
+    (k.to_owned(), seq.parse().unwrap())
+}
+
+fn polling_every(ms: u64) -> RelaySettings {
+    RelaySettings {
+        poll_interval_ms: ms,
+        ..RelaySettings::default()
+    }
+}
+
+/// A fresh database with the outbox, and a topic of the test's own with a reader of it.
+struct Setup {
+    pool: PgPool,
+    kafka: KafkaSettings,
+    topic: String,
+    reader: TopicReader,
+}
+
+async fn setup(topic: &str) -> Setup {
     let (pool, _) = fresh_database(&MIGRATOR).await;
     let kafka = kafka_settings();
-    let topic = kafka.topic("things");
+    let topic = kafka.topic(topic);
     let reader = TopicReader::new(&kafka, &topic).await;
+    Setup {
+        pool,
+        kafka,
+        topic,
+        reader,
+    }
+}
+
+/// A relay running in the background until [`Running::stop`].
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Setup {
+    fn relay(&self, settings: RelaySettings) -> Relay {
+        Relay::new(self.pool.clone(), self.kafka.producer().unwrap(), settings)
+    }
+
+    fn spawn_relay(&self, settings: RelaySettings) -> Running {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(self.relay(settings).run(stop.clone()));
+        Running { stop, task }
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// A consumer of `topic` in a group of its own.
+fn subscribe(kafka: &KafkaSettings, topic: &str) -> Subscription {
+    kafka
+        .subscribe(
+            &saga_runtime::testing::unique("group-"),
+            &[topic.to_owned()],
+            saga_runtime::health::Check::detached("consumer"),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn relay_publishes_with_key_and_headers_then_deletes() {
+    let t = setup("things").await;
     write(
-        &pool,
-        &[message(&topic, "k1", "one"), message(&topic, "k1", "two")],
+        &t.pool,
+        &[message(&t.topic, "k1", "one"), message(&t.topic, "k1", "two")],
     )
     .await;
 
-    let relay = Relay::new(pool.clone(), kafka.producer().unwrap(), RelaySettings::default());
+    let relay = t.relay(RelaySettings::default());
     let report = relay.relay_once().await.unwrap();
     assert_eq!((report.read, report.published, report.failed), (2, 2, 0));
-    assert_eq!(outbox_rows(&pool).await, 0, "acknowledged rows are removed");
+    assert_eq!(outbox_rows(&t.pool).await, 0, "acknowledged rows are removed");
 
-    let got = reader.take(2, Duration::from_secs(10)).await;
+    let got = t.reader.take(2, Duration::from_secs(10)).await;
     assert_eq!(got[0].key.as_deref(), Some("k1"));
     assert_eq!(got[0].payload, b"one");
     assert_eq!(got[1].payload, b"two");
@@ -87,51 +164,36 @@ async fn rows_wait_in_the_outbox_while_the_broker_is_unreachable() {
 
 #[tokio::test]
 async fn two_relays_at_once_keep_per_key_order_and_lose_nothing() {
-    let (pool, _) = fresh_database(&MIGRATOR).await;
-    let kafka = kafka_settings();
-    let topic = kafka.topic("ordered");
-    let reader = TopicReader::new(&kafka, &topic).await;
+    let t = setup("ordered").await;
     let settings = RelaySettings {
         batch_size: 37,
-        poll_interval_ms: 100,
-        ..RelaySettings::default()
+        ..polling_every(100)
     };
-    let a = Relay::new(pool.clone(), kafka.producer().unwrap(), settings.clone());
-    let b = Relay::new(pool.clone(), kafka.producer().unwrap(), settings);
-    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-    let ta = tokio::spawn(a.run(stop_a.clone()));
-    let tb = tokio::spawn(b.run(stop_b.clone()));
+    let a = t.spawn_relay(settings.clone());
+    let b = t.spawn_relay(settings);
 
     // 40 keys, 16 messages each, written in many small interleaved transactions while both run;
     // halfway through, the relay holding the lanes (whichever it is) may stop: stop A.
     let (keys, per_key) = (40usize, 16usize);
-    let write_seqs = |seqs: std::ops::Range<usize>| {
-        let (pool, topic) = (pool.clone(), topic.clone());
-        async move {
-            for seq in seqs {
-                let batch: Vec<_> = (0..keys)
-                    .map(|k| message(&topic, &format!("key-{k}"), &format!("{k}:{seq}")))
-                    .collect();
-                for chunk in batch.chunks(7) {
-                    write(&pool, chunk).await;
-                }
+    let (pool, topic) = (&t.pool, t.topic.as_str());
+    let write_seqs = |seqs: std::ops::Range<usize>| async move {
+        for seq in seqs {
+            for chunk in round(topic, keys, seq).chunks(7) {
+                write(pool, chunk).await;
             }
         }
     };
     write_seqs(0..per_key / 2).await;
-    let mut got = reader.take(keys * per_key / 2, Duration::from_secs(60)).await;
-    stop_a.cancel();
-    ta.await.unwrap();
+    let mut got = t.reader.take(keys * per_key / 2, Duration::from_secs(60)).await;
+    a.stop().await;
     write_seqs(per_key / 2..per_key).await;
-    got.extend(reader.take(keys * per_key / 2, Duration::from_secs(60)).await);
-    stop_b.cancel();
-    tb.await.unwrap();
+    got.extend(t.reader.take(keys * per_key / 2, Duration::from_secs(60)).await);
+    b.stop().await;
 
     let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
     for r in &got {
-        let body = String::from_utf8(r.payload.clone()).unwrap();
-        let (k, seq) = body.split_once(':').unwrap();
-        seen.entry(k.to_owned()).or_default().push(seq.parse().unwrap());
+        let (k, seq) = key_and_seq(r);
+        seen.entry(k).or_default().push(seq);
     }
     assert_eq!(seen.len(), keys);
     for (k, seqs) in &seen {
@@ -142,42 +204,28 @@ async fn two_relays_at_once_keep_per_key_order_and_lose_nothing() {
         );
     }
     assert!(
-        reader.drain(Duration::from_millis(500)).await.is_empty(),
+        t.reader.drain(Duration::from_millis(500)).await.is_empty(),
         "nothing published twice"
     );
-    assert_eq!(outbox_rows(&pool).await, 0);
+    assert_eq!(outbox_rows(&t.pool).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key_in_order() {
-    let (pool, _) = fresh_database(&MIGRATOR).await;
-    let kafka = kafka_settings();
-    let topic = kafka.topic("terminated");
-    let reader = TopicReader::new(&kafka, &topic).await;
+    let t = setup("terminated").await;
     let settings = RelaySettings {
-        poll_interval_ms: 50,
         batch_size: 7,
-        ..RelaySettings::default()
+        ..polling_every(50)
     };
-    let stop = CancellationToken::new();
-    let relays: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(
-                Relay::new(pool.clone(), kafka.producer().unwrap(), settings.clone()).run(stop.clone()),
-            )
-        })
-        .collect();
+    let relays: Vec<_> = (0..2).map(|_| t.spawn_relay(settings.clone())).collect();
     let (keys, per_key) = (4, 60);
     // Rows keep coming while the relays' lane-holding sessions are cut, again and again: each
     // time the lanes go to whichever relay claims them next.
     let writer = {
-        let (pool, topic) = (pool.clone(), topic.clone());
+        let (pool, topic) = (t.pool.clone(), t.topic.clone());
         tokio::spawn(async move {
             for seq in 0..per_key {
-                let batch: Vec<_> = (0..keys)
-                    .map(|k| message(&topic, &format!("k{k}"), &format!("k{k}:{seq}")))
-                    .collect();
-                write(&pool, &batch).await;
+                write(&pool, &round(&topic, keys, seq)).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -190,7 +238,7 @@ async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key
              WHERE application_name = $1 AND datname = current_database()) AS t",
         )
         .bind(outbox::SESSION_NAME)
-        .fetch_one(&pool)
+        .fetch_one(&t.pool)
         .await
         .unwrap();
     }
@@ -203,13 +251,11 @@ async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key
     let mut first: HashMap<String, Vec<usize>> = HashMap::new();
     while first.values().map(Vec::len).sum::<usize>() < keys * per_key {
         assert!(std::time::Instant::now() < deadline, "rows missing: {first:?}");
-        let Some(r) = reader.next(Duration::from_secs(5)).await else {
+        let Some(r) = t.reader.next(Duration::from_secs(5)).await else {
             continue;
         };
-        let body = String::from_utf8(r.payload.clone()).unwrap();
-        let (k, seq) = body.split_once(':').unwrap();
-        let seq: usize = seq.parse().unwrap();
-        let seen = first.entry(k.to_owned()).or_default();
+        let (k, seq) = key_and_seq(&r);
+        let seen = first.entry(k.clone()).or_default();
         if seen.contains(&seq) {
             continue; // a repeat of something already delivered
         }
@@ -223,90 +269,77 @@ async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key
     }
     // And every published row is deleted in the end.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while outbox_rows(&pool).await > 0 {
+    while outbox_rows(&t.pool).await > 0 {
         assert!(std::time::Instant::now() < deadline, "the outbox never emptied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
     for r in relays {
-        r.await.unwrap();
+        r.stop().await;
     }
 }
 
 #[tokio::test]
 async fn a_relay_takes_over_the_lanes_of_one_that_stopped() {
-    let (pool, _) = fresh_database(&MIGRATOR).await;
-    let kafka = kafka_settings();
-    let topic = kafka.topic("takeover");
-    let reader = TopicReader::new(&kafka, &topic).await;
-    let settings = RelaySettings {
-        poll_interval_ms: 100,
-        ..RelaySettings::default()
-    };
+    let t = setup("takeover").await;
     // A starts alone and takes every lane.
-    let stop_a = CancellationToken::new();
-    let ta = tokio::spawn(
-        Relay::new(pool.clone(), kafka.producer().unwrap(), settings.clone()).run(stop_a.clone()),
+    let a = t.spawn_relay(polling_every(100));
+    write(&t.pool, &[message(&t.topic, "k", "by-a")]).await;
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"by-a"
     );
-    write(&pool, &[message(&topic, "k", "by-a")]).await;
-    assert_eq!(reader.take(1, Duration::from_secs(30)).await[0].payload, b"by-a");
     // B starts while A holds the lanes: it publishes nothing (one relay per lane)...
-    let stop_b = CancellationToken::new();
-    let tb = tokio::spawn(Relay::new(pool.clone(), kafka.producer().unwrap(), settings).run(stop_b.clone()));
+    let b = t.spawn_relay(polling_every(100));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let held: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .fetch_one(&pool)
+    .fetch_one(&t.pool)
     .await
     .unwrap();
     assert_eq!(held, 16, "every lane is held once");
     // ...and once A stops, B picks the lanes up within a poll interval.
-    stop_a.cancel();
-    ta.await.unwrap();
-    write(&pool, &[message(&topic, "k", "by-b")]).await;
-    assert_eq!(reader.take(1, Duration::from_secs(30)).await[0].payload, b"by-b");
-    stop_b.cancel();
-    tb.await.unwrap();
-    assert_eq!(outbox_rows(&pool).await, 0);
+    a.stop().await;
+    write(&t.pool, &[message(&t.topic, "k", "by-b")]).await;
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"by-b"
+    );
+    b.stop().await;
+    assert_eq!(outbox_rows(&t.pool).await, 0);
 }
 
 #[tokio::test]
 async fn a_row_committed_after_higher_ids_were_published_is_still_published() {
-    let (pool, _) = fresh_database(&MIGRATOR).await;
-    let kafka = kafka_settings();
-    let topic = kafka.topic("late");
-    let reader = TopicReader::new(&kafka, &topic).await;
-    let settings = RelaySettings {
-        poll_interval_ms: 20,
-        ..RelaySettings::default()
-    };
-    let stop = CancellationToken::new();
-    let relay = tokio::spawn(Relay::new(pool.clone(), kafka.producer().unwrap(), settings).run(stop.clone()));
+    let t = setup("late").await;
+    let relay = t.spawn_relay(polling_every(20));
 
     // A takes the lower id and stays open while B's higher ids commit and are published, and the
     // relay polls many times (each poll may move its floor).
-    let mut a = pool.begin().await.unwrap();
-    outbox::enqueue(&mut a, &[message(&topic, "a", "late")])
+    let mut a = t.pool.begin().await.unwrap();
+    outbox::enqueue(&mut a, &[message(&t.topic, "a", "late")])
         .await
         .unwrap();
     for i in 0..5 {
-        write(&pool, &[message(&topic, &format!("b{i}"), &format!("early-{i}"))]).await;
+        write(
+            &t.pool,
+            &[message(&t.topic, &format!("b{i}"), &format!("early-{i}"))],
+        )
+        .await;
     }
-    let early = reader.take(5, Duration::from_secs(30)).await;
+    let early = t.reader.take(5, Duration::from_secs(30)).await;
     assert!(early.iter().all(|r| r.payload.starts_with(b"early")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.commit().await.unwrap();
 
-    let late = reader.take(1, Duration::from_secs(30)).await;
+    let late = t.reader.take(1, Duration::from_secs(30)).await;
     assert_eq!(
         late[0].payload, b"late",
         "the late commit below the published ids is not skipped"
     );
-    stop.cancel();
-    relay.await.unwrap();
-    assert_eq!(outbox_rows(&pool).await, 0);
+    relay.stop().await;
+    assert_eq!(outbox_rows(&t.pool).await, 0);
 }
 
 /// Counts calls; fails transiently the first `flaky` times; calls payload "poison" poison.
@@ -370,13 +403,7 @@ async fn consumer_loop_retries_transient_failures_and_dead_letters_poison() {
         flaky: 2,
         done: tx,
     });
-    let subscription = kafka
-        .subscribe(
-            &saga_runtime::testing::unique("group-"),
-            std::slice::from_ref(&topic),
-            saga_runtime::health::Check::detached("consumer"),
-        )
-        .unwrap();
+    let subscription = subscribe(&kafka, &topic);
     let shutdown = CancellationToken::new();
     let dead = DeadLetters::new(kafka.producer().unwrap(), dlq_topic.clone());
     let task = tokio::spawn(consumer::run(
@@ -476,17 +503,11 @@ async fn a_planned_once_transaction_plans_generically_and_only_until_it_ends() {
 
 #[tokio::test]
 async fn the_relay_vacuums_the_outbox_it_empties() {
-    let (pool, _) = fresh_database(&MIGRATOR).await;
-    let kafka = kafka_settings();
-    let topic = kafka.topic("vacuum");
-    let reader = TopicReader::new(&kafka, &topic).await;
-    let stop = CancellationToken::new();
-    let relay = tokio::spawn(
-        Relay::new(pool.clone(), kafka.producer().unwrap(), RelaySettings::default()).run(stop.clone()),
-    );
+    let t = setup("vacuum").await;
+    let relay = t.spawn_relay(RelaySettings::default());
     let vacuums = || async {
         sqlx::query_scalar::<_, i64>("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
-            .fetch_one(&pool)
+            .fetch_one(&t.pool)
             .await
             .unwrap()
     };
@@ -494,26 +515,25 @@ async fn the_relay_vacuums_the_outbox_it_empties() {
     // More deletes than the relay's vacuum threshold (2,000), in a few transactions.
     for chunk in 0..5 {
         let rows: Vec<_> = (0..500)
-            .map(|i| message(&topic, &format!("k{i}"), &format!("{chunk}-{i}")))
+            .map(|i| message(&t.topic, &format!("k{i}"), &format!("{chunk}-{i}")))
             .collect();
-        write(&pool, &rows).await;
+        write(&t.pool, &rows).await;
     }
-    assert_eq!(reader.take(2_500, Duration::from_secs(60)).await.len(), 2_500);
+    assert_eq!(t.reader.take(2_500, Duration::from_secs(60)).await.len(), 2_500);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while vacuums().await == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the relay never vacuumed the outbox (autovacuum here: {})",
             sqlx::query_scalar::<_, String>("SHOW autovacuum")
-                .fetch_one(&pool)
+                .fetch_one(&t.pool)
                 .await
                 .unwrap()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    relay.await.unwrap();
-    assert_eq!(outbox_rows(&pool).await, 0);
+    relay.stop().await;
+    assert_eq!(outbox_rows(&t.pool).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,13 +546,7 @@ async fn a_new_consumer_whose_topic_is_missing_receives_once_another_service_cre
         ..kafka_settings()
     };
     let topic = kafka.topic("late");
-    let subscription = kafka
-        .subscribe(
-            &saga_runtime::testing::unique("group-"),
-            std::slice::from_ref(&topic),
-            saga_runtime::health::Check::detached("consumer"),
-        )
-        .unwrap();
+    let subscription = subscribe(&kafka, &topic);
     let consumer = subscription.consumer();
     // The group answers first that the topic is missing.
     let missing = tokio::time::timeout(Duration::from_secs(30), consumer.recv())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use saga_bench::database::DatabaseServer;
 use saga_orchestrator::Settings;
 use saga_orchestrator::{Application, MIGRATOR};
 use saga_runtime::db::DatabaseSettings;
@@ -16,13 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 struct Args {
-    /// PostgreSQL server (a database is created on it and dropped afterwards).
-    #[arg(
-        long,
-        env = "SAGA_TEST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    server: String,
+    /// A database is created on this server and dropped afterwards.
+    #[command(flatten)]
+    server: DatabaseServer,
     #[arg(long, default_value_t = 100_000)]
     sagas: i64,
     #[arg(long, default_value_t = 30)]
@@ -101,14 +98,13 @@ async fn main() -> anyhow::Result<()> {
         "bench_dashboard_{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     );
-    let server = args.server.trim_end_matches('/').to_owned();
-    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+    let mut admin = PgConnection::connect(&args.server.database("postgres"))
         .await
         .context("PostgreSQL")?;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
-    let url = format!("{server}/{name}");
+    let url = args.server.database(&name);
     let result = run(&args, &url).await;
     if args.keep {
         println!("kept database {name}");

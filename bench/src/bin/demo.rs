@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use saga_bench::audit::{Databases, audit};
 use saga_bench::client::{Orchestrator, state_name};
+use saga_bench::database::DatabaseServer;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -19,24 +20,10 @@ use uuid::Uuid;
 struct Args {
     #[arg(long, env = "DEMO_ORCHESTRATOR", default_value = "http://127.0.0.1:50051")]
     orchestrator: String,
-    #[arg(
-        long,
-        env = "DEMO_ORCHESTRATOR_DB",
-        default_value = "postgres://postgres@127.0.0.1:5432/saga_orchestrator"
-    )]
-    orchestrator_db: String,
-    #[arg(
-        long,
-        env = "DEMO_USERS_DB",
-        default_value = "postgres://postgres@127.0.0.1:5432/saga_users"
-    )]
-    users_db: String,
-    #[arg(
-        long,
-        env = "DEMO_POSTS_DB",
-        default_value = "postgres://postgres@127.0.0.1:5432/saga_posts"
-    )]
-    posts_db: String,
+    /// The three services' databases are on this server, each under the name the service uses by
+    /// default (saga_orchestrator, saga_users, saga_posts).
+    #[command(flatten)]
+    databases: DatabaseServer,
     /// How long to wait for the sagas to finish.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -97,9 +84,9 @@ async fn main() -> anyhow::Result<()> {
     let o = Orchestrator::connect(&args.orchestrator, Duration::from_secs(30)).await?;
     // The services create their databases as they start; give them the same patience.
     let dbs = Databases {
-        orchestrator: connect(&args.orchestrator_db).await?,
-        users: connect(&args.users_db).await?,
-        posts: connect(&args.posts_db).await?,
+        orchestrator: connect(&args.databases.database("saga_orchestrator")).await?,
+        users: connect(&args.databases.database("saga_users")).await?,
+        posts: connect(&args.databases.database("saga_posts")).await?,
     };
     // A tag per run keeps e-mails and pen names unique, so the demo can run again and again.
     let run = &Uuid::now_v7().simple().to_string()[24..];

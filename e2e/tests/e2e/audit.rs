@@ -31,7 +31,7 @@ async fn audit(stack: &Stack, unfinished_after_seconds: Option<u32>) -> AuditRep
 
 /// (kind, saga id — or for an effect no saga claims, what it is; for replica drift, the
 /// cross-check and the key —, step, participant) of every finding.
-fn found(report: &AuditReport) -> BTreeSet<(String, String, Option<u32>, String)> {
+fn found(report: &AuditReport) -> BTreeSet<Found> {
     report
         .findings
         .iter()
@@ -54,19 +54,67 @@ fn found(report: &AuditReport) -> BTreeSet<(String, String, Option<u32>, String)
         .collect()
 }
 
+/// A finding as [`found`] gives it.
+type Found = (String, String, Option<u32>, String);
+
+fn finding(kind: &str, subject: impl Into<String>, step: Option<u32>, participant: &str) -> Found {
+    (kind.to_owned(), subject.into(), step, participant.to_owned())
+}
+
+/// A replica-drift finding of the cross-check `check` at `key`.
+fn replica_drift(check: &str, key: &str) -> Found {
+    finding("replica_drift", format!("{check} {key}"), None, "users, posts")
+}
+
+/// `n` register_user sagas of users `{who}{i}@example.com`, named `{Who} {i}`; their ids.
+async fn register_all(stack: &Stack, who: &str, n: usize) -> Vec<String> {
+    let named = format!("{}{}", who[..1].to_uppercase(), &who[1..]);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            stack
+                .register(&format!("{who}{i}@example.com"), &format!("{named} {i}"))
+                .await,
+        );
+    }
+    ids
+}
+
+/// The user ids the register_user sagas `ids` created.
+async fn user_ids(stack: &Stack, ids: &[impl AsRef<str>]) -> Vec<String> {
+    let mut users = Vec::new();
+    for id in ids {
+        users.push(stack.context(id.as_ref(), "user_id").await);
+    }
+    users
+}
+
+/// Runs `sql` by hand (drift a test injects), `$1` being the UUID `id`; the rows it touched.
+async fn by_hand<'c>(db: impl sqlx::PgExecutor<'c>, sql: &str, id: &str) -> u64 {
+    sqlx::query(sql)
+        .bind(uuid::Uuid::parse_str(id).unwrap())
+        .execute(db)
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
+/// The body of an HTTP answer, as JSON.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// The findings of `kind` the last audit run exported.
+fn exported(metrics: &Metrics, kind: &str) -> f64 {
+    metrics.sum("saga_audit_findings", &[("kind", kind)])
+}
+
 #[tokio::test]
 async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() {
     let stack = Stack::start().await;
 
     // 12 registrations: 10 new users, one reused e-mail, one reused pen name.
-    let mut registrations = Vec::new();
-    for i in 0..10 {
-        registrations.push(
-            stack
-                .register(&format!("auditor{i}@example.com"), &format!("Auditor {i}"))
-                .await,
-        );
-    }
+    let mut registrations = register_all(&stack, "auditor", 10).await;
     registrations.push(stack.register("AUDITOR0@example.com", "Copycat").await);
     registrations.push(stack.register("twin@example.com", "Auditor 1").await);
     let views = stack.finish(&registrations).await;
@@ -77,10 +125,7 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         .map(|(id, _)| id)
         .collect();
     assert_eq!(completed.len(), 10, "one winner per e-mail and pen name");
-    let mut users = Vec::new();
-    for id in &completed {
-        users.push(stack.context(id, "user_id").await);
-    }
+    let users = user_ids(&stack, &completed).await;
     // 12 posts by the first four users: valid ones, empty titles, an unknown author.
     let mut posts = Vec::new();
     for i in 0..12 {
@@ -115,28 +160,15 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
 
     // Drift, one kind per saga. Users 4.. published nothing, so deleting them touches no post.
     let (deleted_user, deleted_author, flipped) = (completed[4], completed[5], completed[6]);
-    let user_id = uuid::Uuid::parse_str(&users[4]).unwrap();
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(user_id)
-        .execute(&stack.dbs.users)
-        .await
-        .unwrap();
-    let author_id = uuid::Uuid::parse_str(&users[5]).unwrap();
-    sqlx::query("DELETE FROM authors WHERE id = $1")
-        .bind(author_id)
-        .execute(&stack.dbs.posts)
-        .await
-        .unwrap();
-    let flipped_id = uuid::Uuid::parse_str(flipped).unwrap();
-    let n = sqlx::query(
+    by_hand(&stack.dbs.users, "DELETE FROM users WHERE id = $1", &users[4]).await;
+    by_hand(&stack.dbs.posts, "DELETE FROM authors WHERE id = $1", &users[5]).await;
+    let n = by_hand(
+        &stack.dbs.posts,
         "UPDATE inbox SET outcome = 'business_failure', reason = 'flipped by hand', reply = NULL \
          WHERE saga_id = $1 AND step_index = 1 AND phase = 'action'",
+        flipped,
     )
-    .bind(flipped_id)
-    .execute(&stack.dbs.posts)
-    .await
-    .unwrap()
-    .rows_affected();
+    .await;
     assert_eq!(n, 1);
     // A completed post saga left "running" as if the orchestrator had lost track of it two hours ago.
     let (unfinished, _) = posts
@@ -144,15 +176,13 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         .zip(&post_views)
         .find(|(_, v)| v.state == SagaState::Completed as i32)
         .unwrap();
-    let unfinished_id = uuid::Uuid::parse_str(unfinished).unwrap();
-    sqlx::query(
+    by_hand(
+        &stack.dbs.orchestrator,
         "UPDATE sagas SET state = 'running', created_at = created_at - interval '2 hours', \
          updated_at = updated_at - interval '2 hours' WHERE id = $1",
+        unfinished,
     )
-    .bind(unfinished_id)
-    .execute(&stack.dbs.orchestrator)
-    .await
-    .unwrap();
+    .await;
     // An effect in the users database for a saga no orchestrator started.
     let stranger = uuid::Uuid::now_v7();
     sqlx::query(
@@ -190,24 +220,25 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
     .execute(&mut *users_tx)
     .await
     .unwrap();
-    sqlx::query("UPDATE users SET reserved_posts = reserved_posts + 1 WHERE id = $1")
-        .bind(uuid::Uuid::parse_str(&users[3]).unwrap())
-        .execute(&mut *users_tx)
-        .await
-        .unwrap();
+    by_hand(
+        &mut *users_tx,
+        "UPDATE users SET reserved_posts = reserved_posts + 1 WHERE id = $1",
+        &users[3],
+    )
+    .await;
     users_tx.commit().await.unwrap();
 
     let drift = audit(&stack, Some(3600)).await;
-    let expected: BTreeSet<(String, String, Option<u32>, String)> = [
-        ("domain_check", deleted_user.clone(), Some(0), "users"),
-        ("domain_check", deleted_author.clone(), Some(1), "posts"),
-        ("domain_check", released.clone(), Some(0), "users"),
-        ("missing_success", flipped.clone(), Some(1), "posts"),
-        ("unfinished", unfinished.clone(), None, ""),
-        ("unknown_saga", stranger.to_string(), Some(0), "users"),
-        ("unclaimed_effect", format!("post {stray_post}"), None, "posts"),
+    let expected = BTreeSet::from([
+        finding("domain_check", deleted_user, Some(0), "users"),
+        finding("domain_check", deleted_author, Some(1), "posts"),
+        finding("domain_check", released, Some(0), "users"),
+        finding("missing_success", flipped, Some(1), "posts"),
+        finding("unfinished", unfinished, None, ""),
+        finding("unknown_saga", stranger.to_string(), Some(0), "users"),
+        finding("unclaimed_effect", format!("post {stray_post}"), None, "posts"),
         // The flipped record no longer claims the author replica its action created.
-        (
+        finding(
             "unclaimed_effect",
             format!("author replica {}", users[6]),
             None,
@@ -215,40 +246,12 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
         ),
         // The cross-checks: the deleted user's author and the deleted author's user are alone,
         // and the stray post makes its author's count one more than its user's.
-        (
-            "replica_drift",
-            format!("authors_replicate_users {}", users[4]),
-            None,
-            "users, posts",
-        ),
-        (
-            "replica_drift",
-            format!("post_counts_agree {}", users[4]),
-            None,
-            "users, posts",
-        ),
-        (
-            "replica_drift",
-            format!("authors_replicate_users {}", users[5]),
-            None,
-            "users, posts",
-        ),
-        (
-            "replica_drift",
-            format!("post_counts_agree {}", users[5]),
-            None,
-            "users, posts",
-        ),
-        (
-            "replica_drift",
-            format!("post_counts_agree {}", users[0]),
-            None,
-            "users, posts",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, s, step, p)| (k.to_owned(), s, step, p.to_owned()))
-    .collect();
+        replica_drift("authors_replicate_users", &users[4]),
+        replica_drift("post_counts_agree", &users[4]),
+        replica_drift("authors_replicate_users", &users[5]),
+        replica_drift("post_counts_agree", &users[5]),
+        replica_drift("post_counts_agree", &users[0]),
+    ]);
     assert_eq!(found(&drift), expected, "{:#?}", drift.findings);
     // Each finding shows both sides' records.
     let by_kind = |k: &str| drift.findings.iter().find(|f| f.kind == k).unwrap();
@@ -275,15 +278,11 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
 
     // The dashboard's Consistency page runs the same audit and shows the last report.
     let http = reqwest::Client::new();
-    let ran: serde_json::Value = http
-        .post(format!("{}/api/audit", stack.http_url))
-        .json(&serde_json::json!({"since_hours": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ran = json_of(
+        http.post(format!("{}/api/audit", stack.http_url))
+            .json(&serde_json::json!({"since_hours": 1})),
+    )
+    .await;
     let ids: BTreeSet<&str> = ran["report"]["findings"]
         .as_array()
         .unwrap()
@@ -299,14 +298,7 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
     assert_eq!(ran["counts"]["domain_check"], 3);
     assert_eq!(ran["counts"]["unclaimed_effect"], 2);
     assert_eq!(ran["counts"]["replica_drift"], 5);
-    let last: serde_json::Value = http
-        .get(format!("{}/api/audit", stack.http_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let last = json_of(http.get(format!("{}/api/audit", stack.http_url))).await;
     assert_eq!(last["report"]["started_at"], ran["report"]["started_at"]);
     assert_eq!(
         last["participants_configured"],
@@ -324,15 +316,9 @@ async fn a_clean_batch_has_no_findings_and_each_injected_drift_is_found_alone() 
 
     // The last run is exported as metrics.
     let metrics = Metrics::scrape(&stack.http_url).await;
-    assert_eq!(
-        metrics.sum("saga_audit_findings", &[("kind", "domain_check")]),
-        3.0
-    );
-    assert_eq!(
-        metrics.sum("saga_audit_findings", &[("kind", "unknown_saga")]),
-        1.0
-    );
-    assert_eq!(metrics.sum("saga_audit_findings", &[("kind", "parked")]), 0.0);
+    assert_eq!(exported(&metrics, "domain_check"), 3.0);
+    assert_eq!(exported(&metrics, "unknown_saga"), 1.0);
+    assert_eq!(exported(&metrics, "parked"), 0.0);
     assert!(metrics.sum("saga_audit_last_run_timestamp_seconds", &[]) > 1.7e9);
     stack.stop().await;
 }
@@ -424,17 +410,13 @@ async fn the_periodic_audit_exports_what_it_finds() {
     .await;
     let id = stack.register("periodic@example.com", "Periodic").await;
     stack.finish_one(&id).await;
-    let user = uuid::Uuid::parse_str(&stack.context(&id, "user_id").await).unwrap();
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(user)
-        .execute(&stack.dbs.users)
-        .await
-        .unwrap();
+    let user = stack.context(&id, "user_id").await;
+    by_hand(&stack.dbs.users, "DELETE FROM users WHERE id = $1", &user).await;
     // The next periodic run after the deletion reports it, without anyone asking.
     let deadline = std::time::Instant::now() + saga_e2e::WAIT;
     let metrics = loop {
         let m = Metrics::scrape(&stack.http_url).await;
-        if m.sum("saga_audit_findings", &[("kind", "domain_check")]) == 1.0 {
+        if exported(&m, "domain_check") == 1.0 {
             break m;
         }
         assert!(
@@ -453,14 +435,11 @@ async fn the_periodic_audit_exports_what_it_finds() {
         "domain_check",
     ]
     .iter()
-    .map(|k| metrics.sum("saga_audit_findings", &[("kind", k)]))
+    .map(|k| exported(&metrics, k))
     .sum();
     assert_eq!(total, 1.0, "only the deleted user");
     // … and its author replica, alone now, by both cross-checks.
-    assert_eq!(
-        metrics.sum("saga_audit_findings", &[("kind", "replica_drift")]),
-        2.0
-    );
+    assert_eq!(exported(&metrics, "replica_drift"), 2.0);
     let last_run = metrics.sum("saga_audit_last_run_timestamp_seconds", &[]);
     assert!(
         (chrono::Utc::now().timestamp() as f64 - last_run).abs() < 60.0,
@@ -475,12 +454,8 @@ async fn the_consistency_page_runs_an_audit_and_shows_each_finding_with_both_rec
     let ok = stack.register("page-ok@example.com", "Page Ok").await;
     let broken = stack.register("page-broken@example.com", "Page Broken").await;
     stack.finish(&[ok.clone(), broken.clone()]).await;
-    let author = uuid::Uuid::parse_str(&stack.context(&broken, "user_id").await).unwrap();
-    sqlx::query("DELETE FROM authors WHERE id = $1")
-        .bind(author)
-        .execute(&stack.dbs.posts)
-        .await
-        .unwrap();
+    let author = stack.context(&broken, "user_id").await;
+    by_hand(&stack.dbs.posts, "DELETE FROM authors WHERE id = $1", &author).await;
 
     let b = saga_bench::browser::Browser::start().await;
     b.goto(&format!("{}/#/consistency", stack.http_url)).await;
@@ -495,7 +470,7 @@ async fn the_consistency_page_runs_an_audit_and_shows_each_finding_with_both_rec
     .await;
     let drift = b.text("#audit-findings tbody tr:first-child").await;
     assert!(
-        drift.contains("replica_drift") && drift.contains(&author.to_string()),
+        drift.contains("replica_drift") && drift.contains(&author),
         "{drift}"
     );
     let row = b.text("#audit-findings tbody tr:last-child").await;
@@ -540,21 +515,11 @@ async fn cross_checks_find_drift_no_ledger_shows_and_only_drift_that_stays() {
         ..Default::default()
     })
     .await;
-    let mut registrations = Vec::new();
-    for i in 0..5 {
-        registrations.push(
-            stack
-                .register(&format!("cross{i}@example.com"), &format!("Cross {i}"))
-                .await,
-        );
-    }
+    let registrations = register_all(&stack, "cross", 5).await;
     for view in stack.finish(&registrations).await {
         assert_eq!(view.state, SagaState::Completed as i32);
     }
-    let mut users = Vec::new();
-    for id in &registrations {
-        users.push(stack.context(id, "user_id").await);
-    }
+    let users = user_ids(&stack, &registrations).await;
     let posts = [
         stack.publish(&users[0], "First").await,
         stack.publish(&users[0], "Second").await,
@@ -576,31 +541,23 @@ async fn cross_checks_find_drift_no_ledger_shows_and_only_drift_that_stays() {
     assert_eq!(found(&settled), BTreeSet::new(), "{:#?}", settled.findings);
 
     // Drift no ledger shows: every saga's records still agree.
-    sqlx::query("UPDATE authors SET name = 'Renamed by hand' WHERE id = $1")
-        .bind(uuid::Uuid::parse_str(&users[2]).unwrap())
-        .execute(&stack.dbs.posts)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE users SET post_count = post_count + 1 WHERE id = $1")
-        .bind(uuid::Uuid::parse_str(&users[3]).unwrap())
-        .execute(&stack.dbs.users)
-        .await
-        .unwrap();
+    by_hand(
+        &stack.dbs.posts,
+        "UPDATE authors SET name = 'Renamed by hand' WHERE id = $1",
+        &users[2],
+    )
+    .await;
+    by_hand(
+        &stack.dbs.users,
+        "UPDATE users SET post_count = post_count + 1 WHERE id = $1",
+        &users[3],
+    )
+    .await;
     let drift = audit(&stack, None).await;
-    let expected: BTreeSet<(String, String, Option<u32>, String)> = [
-        format!("authors_replicate_users {}", users[2]),
-        format!("post_counts_agree {}", users[3]),
-    ]
-    .into_iter()
-    .map(|subject| {
-        (
-            "replica_drift".to_owned(),
-            subject,
-            None,
-            "users, posts".to_owned(),
-        )
-    })
-    .collect();
+    let expected = BTreeSet::from([
+        replica_drift("authors_replicate_users", &users[2]),
+        replica_drift("post_counts_agree", &users[3]),
+    ]);
     assert_eq!(found(&drift), expected, "{:#?}", drift.findings);
     let renamed = drift
         .findings
@@ -626,10 +583,7 @@ async fn cross_checks_find_drift_no_ledger_shows_and_only_drift_that_stays() {
     assert_eq!(sides(counted), (Some("1".into()), Some("0".into())));
     assert!(renamed.saga_id.is_empty() && renamed.orchestrator_json == "null");
     let metrics = Metrics::scrape(&stack.http_url).await;
-    assert_eq!(
-        metrics.sum("saga_audit_findings", &[("kind", "replica_drift")]),
-        2.0
-    );
+    assert_eq!(exported(&metrics, "replica_drift"), 2.0);
     stack.stop().await;
 }
 
@@ -639,19 +593,9 @@ async fn cross_checks_find_drift_no_ledger_shows_and_only_drift_that_stays() {
 #[tokio::test]
 async fn fact_sets_and_unclaimed_effects_come_in_pages() {
     let stack = Stack::start().await;
-    let mut registrations = Vec::new();
-    for i in 0..3 {
-        registrations.push(
-            stack
-                .register(&format!("facts{i}@example.com"), &format!("Facts {i}"))
-                .await,
-        );
-    }
+    let registrations = register_all(&stack, "facts", 3).await;
     stack.finish(&registrations).await;
-    let mut users = BTreeSet::new();
-    for id in &registrations {
-        users.insert(stack.context(id, "user_id").await);
-    }
+    let users = BTreeSet::from_iter(user_ids(&stack, &registrations).await);
     let http = reqwest::Client::new();
     let get = |url: String| {
         let http = http.clone();

@@ -898,9 +898,28 @@ mod tests {
             self.reply(step, phase, attempt, ReplyOutcome::Success { payload: json!({}) })
         }
 
+        /// Answers the actions of `steps` with success, one after the other.
+        fn ok_actions(&mut self, steps: std::ops::Range<usize>) {
+            for s in steps {
+                self.ok(s, Phase::Action);
+            }
+        }
+
         fn advance(&mut self, ms: i64) -> &Decision {
             self.now += TimeDelta::milliseconds(ms);
             self.feed(Input::Wake)
+        }
+
+        /// Both attempts the test definition allows miss their 1 s deadline, with the 100 ms
+        /// backoff between them: the active phase's budget is spent.
+        fn miss_both_attempts(&mut self) {
+            self.advance(1_000);
+            self.advance(100);
+            self.advance(1_000);
+        }
+
+        fn failure(&self) -> &str {
+            self.saga.failure_reason.as_deref().unwrap_or_default()
         }
 
         fn sent(&self) -> Vec<(usize, Phase, u32)> {
@@ -948,9 +967,7 @@ mod tests {
             json!({"user_id": "u1"}),
             "later steps see earlier replies"
         );
-        for s in 1..5 {
-            r.ok(s, Phase::Action);
-        }
+        r.ok_actions(1..5);
         assert_eq!(r.saga.state, SagaState::Completed);
         assert_eq!(r.kinds(), vec!["step_succeeded", "saga_completed"]);
         assert_eq!(r.saga.wake_at(), None);
@@ -1066,10 +1083,9 @@ mod tests {
         r.ok(0, Phase::Compensation);
         assert_eq!(r.saga.state, SagaState::Compensated);
         assert!(
-            r.saga
-                .failure_reason
-                .as_deref()
-                .is_some_and(|m| m.contains("gave up after 2 attempts"))
+            r.failure().contains("gave up after 2 attempts"),
+            "{}",
+            r.failure()
         );
     }
 
@@ -1147,35 +1163,22 @@ mod tests {
     #[test]
     fn pivot_rejection_compensates_but_unknown_pivot_outcome_parks() {
         let mut r = Run::start();
-        for s in 0..3 {
-            r.ok(s, Phase::Action);
-        }
+        r.ok_actions(0..3);
         r.reply(3, Phase::Action, 1, business("no"));
         assert_eq!(r.sent(), vec![(2, Phase::Compensation, 1)]);
 
         let mut r = Run::start();
-        for s in 0..3 {
-            r.ok(s, Phase::Action);
-        }
-        r.advance(1_000);
-        r.advance(100);
-        r.advance(1_000);
+        r.ok_actions(0..3);
+        r.miss_both_attempts();
         assert_eq!(r.saga.state, SagaState::Failed);
         assert!(r.last.commands.is_empty());
-        assert!(
-            r.saga
-                .failure_reason
-                .as_deref()
-                .is_some_and(|m| m.contains("pivot"))
-        );
+        assert!(r.failure().contains("pivot"), "{}", r.failure());
     }
 
     #[test]
     fn failure_after_a_completed_pivot_parks_and_never_compensates() {
         let mut r = Run::start();
-        for s in 0..4 {
-            r.ok(s, Phase::Action);
-        }
+        r.ok_actions(0..4);
         r.reply(4, Phase::Action, 1, business("no"));
         assert_eq!(r.saga.state, SagaState::Failed);
         assert!(r.last.commands.is_empty());
@@ -1269,21 +1272,15 @@ mod tests {
     fn replay_refuses_sagas_that_are_not_parked_on_a_compensation() {
         let mut r = Run::start();
         assert!(matches!(replay(&mut r), Err(EngineError::NotAllowed(m)) if m.contains("running")));
-        for s in 0..5 {
-            r.ok(s, Phase::Action);
-        }
+        r.ok_actions(0..5);
         assert!(matches!(replay(&mut r), Err(EngineError::NotAllowed(m)) if m.contains("completed")));
     }
 
     #[test]
     fn retry_step_resends_a_pivot_with_unknown_outcome() {
         let mut r = Run::start();
-        for s in 0..3 {
-            r.ok(s, Phase::Action);
-        }
-        r.advance(1_000);
-        r.advance(100);
-        r.advance(1_000);
+        r.ok_actions(0..3);
+        r.miss_both_attempts();
         assert_eq!(r.saga.state, SagaState::Failed, "pivot outcome unknown: parked");
         assert_eq!(
             replayability(&r.saga),
@@ -1317,9 +1314,7 @@ mod tests {
     #[test]
     fn retry_step_refuses_what_a_retry_cannot_fix() {
         let mut r = Run::start();
-        for s in 0..4 {
-            r.ok(s, Phase::Action);
-        }
+        r.ok_actions(0..4);
         r.reply(4, Phase::Action, 1, business("rule"));
         assert_eq!(r.saga.state, SagaState::Failed);
         let retry = Input::RetryStep {

@@ -53,22 +53,10 @@ struct Cli {
     #[arg(long, env = "SAGACTL_CA_FILE", value_name = "PEM", global = true)]
     ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for an orchestrator that requires mutual TLS; with --key-file.
-    #[arg(
-        long,
-        env = "SAGACTL_CERT_FILE",
-        value_name = "PEM",
-        global = true,
-        requires = "key_file"
-    )]
+    #[arg(long, env = "SAGACTL_CERT_FILE", value_name = "PEM", global = true)]
     cert_file: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(
-        long,
-        env = "SAGACTL_KEY_FILE",
-        value_name = "PEM",
-        global = true,
-        requires = "cert_file"
-    )]
+    #[arg(long, env = "SAGACTL_KEY_FILE", value_name = "PEM", global = true)]
     key_file: Option<PathBuf>,
     /// Bearer token: an operator's for replay, retry, abort and jobs cancel.
     #[arg(long, env = "SAGACTL_TOKEN", hide_env_values = true, global = true)]
@@ -115,32 +103,7 @@ enum Command {
         follow: bool,
     },
     /// Replay the compensation of a parked saga, or of every failed saga matching the filters.
-    Replay {
-        /// One saga; leave out to select by filters.
-        saga_id: Option<String>,
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// Select every failed saga (needed when no saga id and no filter is given).
-        #[arg(long)]
-        all_failed: bool,
-        /// Why: recorded in each saga's history.
-        #[arg(long)]
-        reason: String,
-        /// Show what would be sent; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Sagas replayed per second (bulk); the server's default when left out.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Most sagas to replay (bulk).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Bulk: start the replay as a job and return at once (follow it with `sagactl jobs`).
-        /// Without it, the results are printed as the job records them; either way the job
-        /// runs on the orchestrator, and goes on if sagactl stops.
-        #[arg(long, conflicts_with = "dry_run")]
-        detach: bool,
-    },
+    Replay(ReplayArgs),
     /// Operator jobs (bulk replays): list them, show one with its results, cancel one.
     Jobs {
         #[command(subcommand)]
@@ -178,6 +141,45 @@ enum Command {
         #[arg(long, value_name = "AGE")]
         unfinished_after: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// One saga; leave out to select by filters.
+    saga_id: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Select every failed saga (needed when no saga id and no filter is given).
+    #[arg(long)]
+    all_failed: bool,
+    /// Why: recorded in each saga's history.
+    #[arg(long)]
+    reason: String,
+    /// Show what would be sent; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Sagas replayed per second (bulk); the server's default when left out.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most sagas to replay (bulk).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Bulk: start the replay as a job and return at once (follow it with `sagactl jobs`).
+    /// Without it, the results are printed as the job records them; either way the job
+    /// runs on the orchestrator, and goes on if sagactl stops.
+    #[arg(long, conflicts_with = "dry_run")]
+    detach: bool,
+}
+
+impl ReplayArgs {
+    /// Whether any of the bulk replay's options is given.
+    fn selects_in_bulk(&self) -> bool {
+        !self.filter.is_empty()
+            || self.all_failed
+            || self.rate.is_some()
+            || self.limit.is_some()
+            || self.detach
+    }
 }
 
 #[derive(Subcommand)]
@@ -251,18 +253,7 @@ impl FilterArgs {
 
     fn to_pb(&self) -> Result<pb::SagaFilter, Failure> {
         let now = chrono::Utc::now();
-        let at = |arg: &Option<String>| -> Result<Option<prost_types::Timestamp>, Failure> {
-            arg.as_deref()
-                .map(|a| {
-                    when::parse(a, now)
-                        .map(|t| prost_types::Timestamp {
-                            seconds: t.timestamp(),
-                            nanos: t.timestamp_subsec_nanos() as i32,
-                        })
-                        .map_err(Failure::Usage)
-                })
-                .transpose()
-        };
+        let at = |arg: &Option<String>| arg.as_deref().map(|a| timestamp(a, now)).transpose();
         let state = self.state.map_or(pb::SagaState::Unspecified, |s| match s {
             StateArg::Running => pb::SagaState::Running,
             StateArg::Compensating => pb::SagaState::Compensating,
@@ -282,6 +273,15 @@ impl FilterArgs {
             idempotency_key: self.key.clone().unwrap_or_default(),
         })
     }
+}
+
+/// TIME on the command line (see [`when::parse`]) as a wire timestamp.
+fn timestamp(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<prost_types::Timestamp, Failure> {
+    let t = when::parse(text, now).map_err(Failure::Usage)?;
+    Ok(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
 }
 
 /// Why sagactl stops, and with which exit code.
@@ -365,13 +365,22 @@ type Client = SagaOrchestratorClient<InterceptedService<Channel, Bearer>>;
 impl Cli {
     /// Whether the connection is to use TLS: an https:// server, or TLS files given.
     fn wants_tls(&self) -> bool {
-        self.server.starts_with("https://") || self.ca_file.is_some() || self.cert_file.is_some()
+        self.server.starts_with("https://")
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
     }
 }
 
 fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, Failure> {
     if !cli.wants_tls() {
         return Ok(None);
+    }
+    // A client identity is a certificate and its key: both or neither.
+    if cli.cert_file.is_some() != cli.key_file.is_some() {
+        return Err(Failure::Usage(
+            "--cert-file and --key-file go together: the client certificate and its private key".into(),
+        ));
     }
     if cli.server.starts_with("http://") {
         return Err(Failure::Usage(format!(
@@ -480,18 +489,96 @@ async fn jobs(c: &mut Client, command: JobsCommand, json: bool) -> Result<(), Fa
                 .cancel_job(pb::CancelJobRequest { job_id, reason })
                 .await?
                 .into_inner();
-            if json {
-                print_json(&output::job_json(&job));
-            } else {
-                println!("{}", output::job_text(&job));
-            }
+            show_job(&job, json);
         }
+    }
+    Ok(())
+}
+
+/// `sagactl replay`: one saga's compensation, or every failed saga the filters select (a job the
+/// orchestrator runs, followed here unless `--detach`).
+async fn replay(c: &mut Client, args: ReplayArgs, json: bool) -> Result<(), Failure> {
+    if let Some(saga_id) = &args.saga_id {
+        if args.selects_in_bulk() {
+            return Err(Failure::Usage(
+                "give either a saga id, or filters (--type, --step, --since, …) for a bulk replay, not both"
+                    .into(),
+            ));
+        }
+        let r = c
+            .replay_compensation(pb::ReplayCompensationRequest {
+                saga_id: saga_id.clone(),
+                reason: args.reason,
+                dry_run: args.dry_run,
+            })
+            .await?
+            .into_inner();
+        show_replay(&r, json);
+        return Ok(());
+    }
+    if args.filter.is_empty() && !args.all_failed {
+        return Err(Failure::Usage(
+            "a bulk replay needs filters (--type, --step, --since, …) or --all-failed".into(),
+        ));
+    }
+    let request = pb::ReplayCompensationsRequest {
+        filter: Some(args.filter.to_pb()?),
+        reason: args.reason,
+        dry_run: args.dry_run,
+        rate_per_second: args.rate.unwrap_or(0.0),
+        limit: args.limit.unwrap_or(0),
+    };
+    if args.detach {
+        show_job(&c.start_replay_job(request).await?.into_inner(), json);
+        return Ok(());
+    }
+    let response = c.replay_compensations(request).await?;
+    if let Some(job) = response
+        .metadata()
+        .get("saga-job-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        // On stderr: stdout holds only the results (JSON lines with -o json).
+        eprintln!("job {job} (it goes on if sagactl stops: sagactl jobs get {job})");
+    }
+    let mut stream = response.into_inner();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    while let Some(next) = stream.next().await {
+        let r = next?;
+        *counts.entry(output::replay_outcome(r.outcome)).or_default() += 1;
+        show_replay(&r, json);
+    }
+    if !json {
+        let total: usize = counts.values().sum();
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "{total} saga(s){}{}",
+            if parts.is_empty() { "" } else { ": " },
+            parts.join(", ")
+        );
     }
     Ok(())
 }
 
 fn print_json(v: &Value) {
     println!("{v}");
+}
+
+/// Prints one result: a JSON line with `-o json`, else its line of text.
+fn show(json: bool, value: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
+    if json {
+        print_json(&value());
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn show_job(job: &pb::Job, json: bool) {
+    show(json, || output::job_json(job), || output::job_text(job));
+}
+
+fn show_replay(r: &pb::ReplayResult, json: bool) {
+    show(json, || output::replay_json(r), || output::replay_text(r));
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -559,11 +646,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 token = page.next_page_token;
             }
-            if json {
-                print_json(&Value::Array(sagas.iter().map(output::summary_json).collect()));
-            } else {
-                println!("{}", output::list_text(&sagas));
-            }
+            show(
+                json,
+                || Value::Array(sagas.iter().map(output::summary_json).collect()),
+                || output::list_text(&sagas),
+            );
         }
         Command::Watch { saga_id, follow } => {
             let mut stream = c.watch_saga(pb::WatchSagaRequest { saga_id }).await?.into_inner();
@@ -595,96 +682,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             return Err(Failure::Unreachable("the watch stream ended".into()));
         }
-        Command::Replay {
-            saga_id: Some(id),
-            filter,
-            all_failed,
-            reason,
-            dry_run,
-            rate,
-            limit,
-            detach,
-        } => {
-            if !filter.is_empty() || all_failed || rate.is_some() || limit.is_some() || detach {
-                return Err(Failure::Usage(
-                    "give either a saga id, or filters (--type, --step, --since, …) for a bulk replay, not both".into(),
-                ));
-            }
-            let r = c
-                .replay_compensation(pb::ReplayCompensationRequest {
-                    saga_id: id,
-                    reason,
-                    dry_run,
-                })
-                .await?
-                .into_inner();
-            if json {
-                print_json(&output::replay_json(&r));
-            } else {
-                println!("{}", output::replay_text(&r));
-            }
-        }
-        Command::Replay {
-            saga_id: None,
-            filter,
-            all_failed,
-            reason,
-            dry_run,
-            rate,
-            limit,
-            detach,
-        } => {
-            if filter.is_empty() && !all_failed {
-                return Err(Failure::Usage(
-                    "a bulk replay needs filters (--type, --step, --since, …) or --all-failed".into(),
-                ));
-            }
-            let request = pb::ReplayCompensationsRequest {
-                filter: Some(filter.to_pb()?),
-                reason,
-                dry_run,
-                rate_per_second: rate.unwrap_or(0.0),
-                limit: limit.unwrap_or(0),
-            };
-            if detach {
-                let job = c.start_replay_job(request).await?.into_inner();
-                if json {
-                    print_json(&output::job_json(&job));
-                } else {
-                    println!("{}", output::job_text(&job));
-                }
-                return Ok(());
-            }
-            let response = c.replay_compensations(request).await?;
-            if let Some(job) = response
-                .metadata()
-                .get("saga-job-id")
-                .and_then(|v| v.to_str().ok())
-            {
-                // On stderr: stdout holds only the results (JSON lines with -o json).
-                eprintln!("job {job} (it goes on if sagactl stops: sagactl jobs get {job})");
-            }
-            let mut stream = response.into_inner();
-            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-            while let Some(next) = stream.next().await {
-                let r = next?;
-                *counts.entry(output::replay_outcome(r.outcome)).or_default() += 1;
-                if json {
-                    print_json(&output::replay_json(&r));
-                } else {
-                    println!("{}", output::replay_text(&r));
-                }
-            }
-            if !json {
-                let total: usize = counts.values().sum();
-                let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                println!(
-                    "{total} saga(s){}{}",
-                    if parts.is_empty() { "" } else { ": " },
-                    parts.join(", ")
-                );
-            }
-        }
+        Command::Replay(args) => replay(&mut c, args, json).await?,
         Command::Jobs { command } => jobs(&mut c, command, json).await?,
         Command::Retry {
             saga_id,
@@ -708,13 +706,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             unfinished_after,
         } => {
             let now = chrono::Utc::now();
-            let at = |a: &str| -> Result<prost_types::Timestamp, Failure> {
-                let t = when::parse(a, now).map_err(Failure::Usage)?;
-                Ok(prost_types::Timestamp {
-                    seconds: t.timestamp(),
-                    nanos: t.timestamp_subsec_nanos() as i32,
-                })
-            };
+            let at = |a: &str| timestamp(a, now);
             let unfinished_after_seconds = unfinished_after
                 .map(|a| {
                     let t = when::parse(&a, now)

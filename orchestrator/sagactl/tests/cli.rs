@@ -19,6 +19,22 @@ impl Out {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
+
+    /// Stdout as JSON lines (`-o json` of bulk replays and job lists).
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// A stack with one finished register_user saga, and that saga's id.
+async fn stack_with_a_registration(email: &str, name: &str) -> (Stack, String) {
+    let stack = Stack::start().await;
+    let id = stack.register(email, name).await;
+    stack.finish_one(&id).await;
+    (stack, id)
 }
 
 /// Runs sagactl against `server`, with an operator token when `token` is set.
@@ -163,10 +179,8 @@ async fn start_get_list_and_watch_print_what_happened_and_exit_cleanly() {
 
 #[tokio::test]
 async fn operator_commands_need_a_token_and_say_why_they_cannot_act() {
-    let stack = Stack::start().await;
+    let (stack, id) = stack_with_a_registration("op@example.com", "Op").await;
     let url = stack.grpc_url.as_str();
-    let id = stack.register("op@example.com", "Op").await;
-    stack.finish_one(&id).await;
 
     let no_token = sagactl(url, None, &["abort", &id, "--reason", "test"]).await;
     assert_eq!(no_token.code, 7);
@@ -285,17 +299,15 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
         "--since",
         "1h",
     ];
+    // `sagactl replay` of every saga the filter selects, with `options`.
+    let bulk = |options: &[&'static str]| {
+        let mut args = vec!["replay", "--reason", "bulk: user-service recovered"];
+        args.extend(options);
+        args.extend(filter);
+        args
+    };
 
-    let mut args = vec![
-        "-o",
-        "json",
-        "replay",
-        "--reason",
-        "bulk: user-service recovered",
-        "--dry-run",
-    ];
-    args.extend(filter);
-    let dry = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    let dry = sagactl(&url, Some(OPERATOR_TOKEN), &bulk(&["-o", "json", "--dry-run"])).await;
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     assert_eq!(dry.stdout.lines().count(), 200);
     assert!(
@@ -312,25 +324,16 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
         200
     );
 
-    let mut args = vec![
-        "-o",
-        "json",
-        "replay",
-        "--reason",
-        "bulk: user-service recovered",
-        "--rate",
-        "100",
-    ];
-    args.extend(filter);
     let started = Instant::now();
-    let out = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    let out = sagactl(
+        &url,
+        Some(OPERATOR_TOKEN),
+        &bulk(&["-o", "json", "--rate", "100"]),
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let replayed: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replayed = out.json_lines();
     assert_eq!(replayed.len(), 200);
     assert!(
         replayed.iter().all(|r| r["outcome"] == "replayed"),
@@ -343,25 +346,13 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
     );
 
     // The same replay again sends nothing: no saga is parked any more.
-    let mut args = vec![
-        "replay",
-        "--reason",
-        "bulk: user-service recovered",
-        "--rate",
-        "100",
-    ];
-    args.extend(filter);
-    let again = sagactl(&url, Some(OPERATOR_TOKEN), &args).await;
+    let again = sagactl(&url, Some(OPERATOR_TOKEN), &bulk(&["--rate", "100"])).await;
     assert_eq!((again.code, again.stdout.trim()), (0, "0 saga(s)"));
 
     // Both ran as jobs, kept by the orchestrator: newest first, with their counts and results.
     let jobs = sagactl(&url, None, &["-o", "json", "jobs", "list"]).await;
     assert_eq!(jobs.code, 0, "{}", jobs.stderr);
-    let jobs: Vec<Value> = jobs
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let jobs = jobs.json_lines();
     assert_eq!(jobs.len(), 2);
     assert_eq!(
         (&jobs[1]["state"], &jobs[1]["processed"], &jobs[1]["counts"]),
@@ -434,10 +425,8 @@ async fn a_bulk_replay_of_200_parked_sagas_is_paced_and_a_second_one_is_a_no_op(
 
 #[tokio::test]
 async fn audit_exits_zero_when_the_records_agree_and_nine_naming_the_saga_when_they_do_not() {
-    let stack = Stack::start().await;
+    let (stack, id) = stack_with_a_registration("audit-cli@example.com", "Audit Cli").await;
     let url = stack.grpc_url.as_str();
-    let id = stack.register("audit-cli@example.com", "Audit Cli").await;
-    stack.finish_one(&id).await;
 
     let clean = sagactl(url, None, &["audit", "--since", "1h"]).await;
     assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);

@@ -4,7 +4,7 @@
 //! the project's participants; another team writes a JSON file of the same shape (`--profile`).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 /// A participant, as the kit drives it.
@@ -49,6 +49,16 @@ pub struct Instance {
 }
 
 impl Template {
+    fn new(command_type: &str, compensation: &str, step_index: u32, step_name: &str, payload: Value) -> Self {
+        Self {
+            command_type: command_type.into(),
+            compensation: compensation.into(),
+            step_index,
+            step_name: step_name.into(),
+            payload,
+        }
+    }
+
     /// A new saga with new business data.
     pub fn instance(&self) -> Instance {
         let token = Uuid::now_v7().simple().to_string()[16..].to_owned();
@@ -83,42 +93,46 @@ fn fill(value: &Value, token: &str) -> Value {
     }
 }
 
-/// The built-in profiles: `post-service` (either implementation) and `user-service`.
+/// The built-in profiles: `post-service` (either implementation) and `user-service`. Each takes
+/// part in `register_user`, and its action gets that saga's context: a user id, an e-mail and a
+/// name.
 pub fn builtin(name: &str) -> Option<Profile> {
-    let json = match name {
-        "post-service" => serde_json::json!({
-            "commands_topic": "post.commands",
-            "saga_type": "register_user",
-            "action": {
-                "command_type": "CreateAuthor", "compensation": "DeleteAuthor",
-                "step_index": 1, "step_name": "create_author",
-                "payload": {"user_id": "$uuid", "email": "$token@conformance.example", "name": "Conformance $token"}
-            },
-            "refused": {
-                "command_type": "CreatePost", "compensation": "DeletePost",
-                "step_index": 1, "step_name": "create_post",
-                "payload": {"user_id": "$uuid", "post_id": "$uuid", "title": "   ", "body": "refused"}
-            },
-            "facts": ["authors", "post_counts"]
-        }),
-        "user-service" => serde_json::json!({
-            "commands_topic": "user.commands",
-            "saga_type": "register_user",
-            "action": {
-                "command_type": "CreateUser", "compensation": "DeleteUser",
-                "step_index": 0, "step_name": "create_user",
-                "payload": {"user_id": "$uuid", "email": "$token@conformance.example", "name": "Conformance $token"}
-            },
-            "refused": {
-                "command_type": "ReservePostQuota", "compensation": "ReleasePostQuota",
-                "step_index": 0, "step_name": "reserve_quota",
-                "payload": {"user_id": "$uuid", "post_id": "$uuid", "title": "refused"}
-            },
-            "facts": ["users", "post_counts"]
-        }),
+    let registration =
+        json!({"user_id": "$uuid", "email": "$token@conformance.example", "name": "Conformance $token"});
+    let (service, action, refused, facts) = match name {
+        "post-service" => (
+            "post",
+            Template::new("CreateAuthor", "DeleteAuthor", 1, "create_author", registration),
+            Template::new(
+                "CreatePost",
+                "DeletePost",
+                1,
+                "create_post",
+                json!({"user_id": "$uuid", "post_id": "$uuid", "title": "   ", "body": "refused"}),
+            ),
+            ["authors", "post_counts"],
+        ),
+        "user-service" => (
+            "user",
+            Template::new("CreateUser", "DeleteUser", 0, "create_user", registration),
+            Template::new(
+                "ReservePostQuota",
+                "ReleasePostQuota",
+                0,
+                "reserve_quota",
+                json!({"user_id": "$uuid", "post_id": "$uuid", "title": "refused"}),
+            ),
+            ["users", "post_counts"],
+        ),
         _ => return None,
     };
-    serde_json::from_value(json).ok()
+    Some(Profile {
+        commands_topic: format!("{service}.commands"),
+        saga_type: "register_user".into(),
+        action,
+        refused,
+        facts: facts.map(String::from).to_vec(),
+    })
 }
 
 #[cfg(test)]

@@ -27,6 +27,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const OPERATOR_TOKEN: &str = "alice-operator-token-0001";
 pub const READER_TOKEN: &str = "bob-reader-token-000000001";
 
+/// Fails unless `err` is a status with `code` and exactly `message`.
+#[track_caller]
+pub fn assert_status(err: &tonic::Status, code: tonic::Code, message: &str) {
+    assert_eq!((err.code(), err.message()), (code, message));
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
@@ -153,13 +159,30 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Starts a `register_user` saga, with idempotency key `key` ("" for none).
+    pub async fn start_registration(
+        &self,
+        email: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<StartSagaResponse, tonic::Status> {
+        let payload = format!(r#"{{"email":"{email}","name":"{name}"}}"#);
+        self.start("register_user", &payload, key).await
+    }
+
     /// Starts a `register_user` saga and returns its id.
     pub async fn register(&self, email: &str) -> String {
-        let payload = format!(r#"{{"email": "{email}", "name": "Test User"}}"#);
-        self.start("register_user", &payload, "")
+        self.start_registration(email, "Test User", "")
             .await
             .expect("saga starts")
             .saga_id
+    }
+
+    /// Starts a `publish_post` saga by a user no participant knows (a fresh id).
+    pub async fn publish(&self, title: &str, key: &str) -> Result<StartSagaResponse, tonic::Status> {
+        let user = uuid::Uuid::now_v7();
+        let payload = format!(r#"{{"user_id":"{user}","title":"{title}"}}"#);
+        self.start("publish_post", &payload, key).await
     }
 
     pub async fn get(&self, id: &str) -> GetSagaResponse {
@@ -260,6 +283,11 @@ impl TestApp {
         }
         users.take(attempts, WAIT).await;
         (ids, users)
+    }
+
+    /// How many rows `table` holds.
+    pub async fn rows(&self, table: &str) -> i64 {
+        self.count(&format!("SELECT count(*) FROM {table}")).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

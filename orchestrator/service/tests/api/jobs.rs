@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use saga_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobState, ListJobItemsRequest, ListJobsRequest,
+    CancelJobRequest, GetJobRequest, Job, JobItem, JobState, ListJobItemsRequest, ListJobsRequest,
     ReplayCompensationsRequest, ReplayOutcome, SagaFilter,
 };
 use tonic::Code;
 
-use crate::helpers::{OPERATOR_TOKEN, READER_TOKEN, TestApp, WAIT, authed, spawn_app, spawn_on};
+use crate::helpers::{
+    OPERATOR_TOKEN, READER_TOKEN, TestApp, WAIT, assert_status, authed, spawn_app, spawn_on,
+};
 
 fn bulk(rate: f64) -> ReplayCompensationsRequest {
     ReplayCompensationsRequest {
@@ -42,6 +44,34 @@ async fn job(app: &TestApp, id: &str) -> Job {
         .await
         .expect("GetJob")
         .into_inner()
+}
+
+/// The job's results, in the order it handled its sagas.
+async fn items(app: &TestApp, id: &str) -> Vec<JobItem> {
+    app.client
+        .clone()
+        .list_job_items(ListJobItemsRequest {
+            job_id: id.into(),
+            after_seq: 0,
+            page_size: 0,
+        })
+        .await
+        .expect("ListJobItems")
+        .into_inner()
+        .items
+}
+
+/// CancelJob as the operator.
+async fn cancel(app: &TestApp, id: &str, reason: &str) -> Result<Job, tonic::Status> {
+    let request = CancelJobRequest {
+        job_id: id.into(),
+        reason: reason.into(),
+    };
+    app.client
+        .clone()
+        .cancel_job(authed(request, OPERATOR_TOKEN))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Polls the job until `done` holds.
@@ -96,18 +126,7 @@ async fn a_bulk_replay_job_handles_each_failed_saga_once_and_records_every_resul
     assert!(ids.iter().all(|id| replayed.get(id) == Some(&1)), "{replayed:?}");
 
     // The results, in the order handled: newest saga first.
-    let items = app
-        .client
-        .clone()
-        .list_job_items(ListJobItemsRequest {
-            job_id: started.job_id.clone(),
-            after_seq: 0,
-            page_size: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let items = items(&app, &started.job_id).await;
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2, 3]);
     let sagas: Vec<&str> = items
         .iter()
@@ -146,24 +165,11 @@ async fn a_bulk_replay_job_handles_each_failed_saga_once_and_records_every_resul
 
     // Refusals: an ended job cannot be cancelled; an unknown one is not found; a dry run starts
     // no job.
-    let err = app
-        .client
-        .clone()
-        .cancel_job(authed(
-            CancelJobRequest {
-                job_id: started.job_id.clone(),
-                reason: "too late".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::FailedPrecondition,
-            format!("job {} is completed already", started.job_id).as_str()
-        )
+    let err = cancel(&app, &started.job_id, "too late").await.unwrap_err();
+    assert_status(
+        &err,
+        Code::FailedPrecondition,
+        &format!("job {} is completed already", started.job_id),
     );
     let missing = uuid::Uuid::now_v7().to_string();
     let err = app
@@ -174,10 +180,7 @@ async fn a_bulk_replay_job_handles_each_failed_saga_once_and_records_every_resul
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::NotFound, format!("no job {missing}").as_str())
-    );
+    assert_status(&err, Code::NotFound, &format!("no job {missing}"));
     let mut dry = bulk(10.0);
     dry.dry_run = true;
     let err = app
@@ -194,7 +197,7 @@ async fn a_bulk_replay_job_handles_each_failed_saga_once_and_records_every_resul
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(app.count("SELECT count(*) FROM operator_jobs").await, 2);
+    assert_eq!(app.rows("operator_jobs").await, 2);
     app.stop().await;
 }
 
@@ -205,19 +208,7 @@ async fn a_cancelled_job_stops_before_its_next_saga_and_keeps_what_it_did() {
     // One saga a second: the first goes at once, the next waits.
     let started = start_job(&app, 1.0).await;
     job_until(&app, &started.job_id, "handled a saga", |j| j.processed >= 1).await;
-    let cancelled = app
-        .client
-        .clone()
-        .cancel_job(authed(
-            CancelJobRequest {
-                job_id: started.job_id.clone(),
-                reason: "wrong filter".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let cancelled = cancel(&app, &started.job_id, "wrong filter").await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled as i32);
     assert_eq!(
         (cancelled.cancelled_by.as_str(), cancelled.cancel_reason.as_str()),
@@ -237,18 +228,7 @@ async fn a_cancelled_job_stops_before_its_next_saga_and_keeps_what_it_did() {
     assert_eq!(next.processed + kept, ids.len() as u32);
     let after = job(&app, &started.job_id).await;
     assert_eq!((after.state, after.processed), (JobState::Cancelled as i32, kept));
-    let items = app
-        .client
-        .clone()
-        .list_job_items(ListJobItemsRequest {
-            job_id: started.job_id.clone(),
-            after_seq: 0,
-            page_size: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let items = items(&app, &started.job_id).await;
     assert_eq!(items.len() as u32, kept, "no result recorded after the cancel");
     // Every saga was replayed exactly once, by one job or the other.
     let replayed = replays(&app).await;

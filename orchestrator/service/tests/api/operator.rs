@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use saga_proto::v1::{
-    AbortSagaRequest, ListSagasRequest, Phase, PhaseStatus, ReplayCompensationRequest, ReplayOutcome,
-    RetryStepRequest, SagaFilter, SagaState, WatchSagaRequest, WatchSagasRequest,
+    AbortSagaRequest, ListSagasRequest, OperatorActionResponse, Phase, PhaseStatus,
+    ReplayCompensationRequest, ReplayOutcome, RetryStepRequest, SagaFilter, SagaState, WatchSagaRequest,
+    WatchSagasRequest,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::helpers::{
-    Answer, OPERATOR_TOKEN, READER_TOKEN, TestApp, WAIT, authed, command, json, spawn_app, spawn_app_with,
+    Answer, OPERATOR_TOKEN, READER_TOKEN, TestApp, WAIT, assert_status, authed, command, json, spawn_app,
+    spawn_app_with,
 };
 
 /// A register_user saga parked as failed: CreateAuthor refused, DeleteUser never answered.
@@ -24,6 +26,19 @@ async fn parked_saga(app: &TestApp) -> (String, saga_runtime::testing::TopicRead
 /// How many attempts the parked compensation of step 0 made.
 async fn compensation_attempts(app: &TestApp, id: &str) -> u32 {
     app.view(id).await.steps[0].compensation.as_ref().unwrap().attempt
+}
+
+/// AbortSaga as the operator.
+async fn abort(app: &TestApp, id: &str, reason: &str) -> Result<OperatorActionResponse, tonic::Status> {
+    let request = AbortSagaRequest {
+        saga_id: id.into(),
+        reason: reason.into(),
+    };
+    app.client
+        .clone()
+        .abort_saga(authed(request, OPERATOR_TOKEN))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn replay(id: &str, reason: &str, dry_run: bool) -> ReplayCompensationRequest {
@@ -40,26 +55,26 @@ async fn operator_actions_without_an_operator_credential_change_nothing() {
     let id = app.register("guarded@example.com").await;
     let before = app.get(&id).await;
     let mut c = app.client.clone();
-    let abort = || AbortSagaRequest {
+    let not_allowed = || AbortSagaRequest {
         saga_id: id.clone(),
         reason: "not allowed".into(),
     };
 
-    let err = c.abort_saga(abort()).await.unwrap_err();
+    let err = c.abort_saga(not_allowed()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(
         err.message(),
         "operator actions need `authorization: Bearer <operator token>`"
     );
     let err = c
-        .abort_saga(authed(abort(), "wrong-token-wrong-token"))
+        .abort_saga(authed(not_allowed(), "wrong-token-wrong-token"))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::Unauthenticated, "authorization: unknown credential")
-    );
-    let err = c.abort_saga(authed(abort(), READER_TOKEN)).await.unwrap_err();
+    assert_status(&err, Code::Unauthenticated, "authorization: unknown credential");
+    let err = c
+        .abort_saga(authed(not_allowed(), READER_TOKEN))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = c
         .replay_compensation(authed(replay(&id, "x", false), READER_TOKEN))
@@ -76,30 +91,15 @@ async fn operator_actions_without_an_operator_credential_change_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // A missing reason is refused before anything happens, too.
-    let err = c
-        .abort_saga(authed(
-            AbortSagaRequest {
-                saga_id: id.clone(),
-                reason: "  ".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::InvalidArgument,
-            "reason: required; it is recorded in the saga's history"
-        )
+    let err = abort(&app, &id, "  ").await.unwrap_err();
+    assert_status(
+        &err,
+        Code::InvalidArgument,
+        "reason: required; it is recorded in the saga's history",
     );
 
     assert_eq!(app.get(&id).await, before, "nothing changed, nothing recorded");
-    assert_eq!(
-        app.count("SELECT count(*) FROM outbox").await,
-        1,
-        "no command was added"
-    );
+    assert_eq!(app.rows("outbox").await, 1, "no command was added");
 }
 
 #[tokio::test]
@@ -114,19 +114,7 @@ async fn abort_compensates_a_running_saga_and_records_who_and_why() {
     app.wait_until(&id, "at create_author", |v| v.current_step == "create_author")
         .await;
 
-    let response = app
-        .client
-        .clone()
-        .abort_saga(authed(
-            AbortSagaRequest {
-                saga_id: id.clone(),
-                reason: "customer withdrew".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = abort(&app, &id, "customer withdrew").await.unwrap();
     let view = response.saga.unwrap();
     assert_eq!(view.state, SagaState::Compensating as i32);
     assert_eq!(view.failure_reason, "aborted: customer withdrew");
@@ -153,42 +141,15 @@ async fn abort_compensates_a_running_saga_and_records_who_and_why() {
     assert_eq!(aborted.actor, "operator:alice");
     assert_eq!(json(&aborted.data_json)["reason"], "customer withdrew");
 
-    let err = app
-        .client
-        .clone()
-        .abort_saga(authed(
-            AbortSagaRequest {
-                saga_id: id.clone(),
-                reason: "again".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::FailedPrecondition,
-            "only a running saga can be aborted; this one is compensating"
-        )
+    let err = abort(&app, &id, "again").await.unwrap_err();
+    assert_status(
+        &err,
+        Code::FailedPrecondition,
+        "only a running saga can be aborted; this one is compensating",
     );
     let missing = uuid::Uuid::now_v7().to_string();
-    let err = app
-        .client
-        .clone()
-        .abort_saga(authed(
-            AbortSagaRequest {
-                saga_id: missing.clone(),
-                reason: "x".into(),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::NotFound, format!("no saga {missing}").as_str())
-    );
+    let err = abort(&app, &missing, "x").await.unwrap_err();
+    assert_status(&err, Code::NotFound, &format!("no saga {missing}"));
 }
 
 #[tokio::test]
@@ -272,12 +233,10 @@ async fn replaying_a_parked_compensation_is_dry_runnable_idempotent_and_audited(
         .replay_compensation(authed(replay(&running, "x", false), OPERATOR_TOKEN))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::FailedPrecondition,
-            "the saga is running and has not failed; abort it to compensate"
-        )
+    assert_status(
+        &err,
+        Code::FailedPrecondition,
+        "the saga is running and has not failed; abort it to compensate",
     );
 }
 
@@ -289,16 +248,7 @@ async fn retry_step_resends_a_pivot_that_never_answered() {
         app.reader("post.commands").await,
     );
     let participant = app.participant();
-    let user = uuid::Uuid::now_v7();
-    let id = app
-        .start(
-            "publish_post",
-            &format!(r#"{{"user_id":"{user}","title":"T"}}"#),
-            "",
-        )
-        .await
-        .unwrap()
-        .saga_id;
+    let id = app.publish("T", "").await.unwrap().saga_id;
     participant
         .answer(&command(&users.take(1, WAIT).await[0]), Answer::Ok("{}"))
         .await;
@@ -388,11 +338,7 @@ async fn list_filters_and_watch_streams_follow_sagas() {
         .unwrap()
         .into_inner();
     let key_saga = app
-        .start(
-            "register_user",
-            r#"{"email":"w@example.com","name":"W"}"#,
-            "watch-key",
-        )
+        .start_registration("w@example.com", "W", "watch-key")
         .await
         .unwrap()
         .saga_id;
@@ -512,12 +458,10 @@ async fn list_filters_and_watch_streams_follow_sagas() {
     })
     .await
     .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::InvalidArgument,
-            "filter.id_prefix: `xyz` is not the start of a saga id (1-32 hex digits)"
-        )
+    assert_status(
+        &err,
+        Code::InvalidArgument,
+        "filter.id_prefix: `xyz` is not the start of a saga id (1-32 hex digits)",
     );
 }
 

@@ -3,7 +3,7 @@
 use saga_proto::v1::{GetSagaRequest, ListSagasRequest, SagaFilter, SagaState};
 use tonic::Code;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{assert_status, spawn_app_with};
 
 #[tokio::test]
 async fn get_saga_errors_are_precise() {
@@ -25,10 +25,7 @@ async fn get_saga_errors_are_precise() {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::InvalidArgument, "saga_id: required")
-    );
+    assert_status(&err, Code::InvalidArgument, "saga_id: required");
     let missing = uuid::Uuid::now_v7();
     let err = c
         .get_saga(GetSagaRequest {
@@ -36,10 +33,7 @@ async fn get_saga_errors_are_precise() {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::NotFound, format!("no saga {missing}").as_str())
-    );
+    assert_status(&err, Code::NotFound, &format!("no saga {missing}"));
 }
 
 #[tokio::test]
@@ -49,15 +43,7 @@ async fn list_sagas_pages_newest_first_and_filters() {
     for i in 0..5 {
         ids.push(app.register(&format!("l{i}@example.com")).await);
     }
-    let post = app
-        .start(
-            "publish_post",
-            &format!(r#"{{"user_id":"{}","title":"T"}}"#, uuid::Uuid::now_v7()),
-            "",
-        )
-        .await
-        .unwrap()
-        .saga_id;
+    let post = app.publish("T", "").await.unwrap().saga_id;
     let mut c = app.client.clone();
 
     let mut seen = vec![];
@@ -156,7 +142,7 @@ async fn list_sagas_pages_newest_first_and_filters() {
         ),
     ] {
         let err = c.list_sagas(req).await.unwrap_err();
-        assert_eq!((err.code(), err.message()), (Code::InvalidArgument, message));
+        assert_status(&err, Code::InvalidArgument, message);
     }
 }
 

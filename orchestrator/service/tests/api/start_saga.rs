@@ -69,22 +69,14 @@ async fn start_saga_publishes_the_first_command_with_envelope_key_and_headers() 
         users.drain(Duration::from_millis(300)).await.is_empty(),
         "exactly one command"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM outbox").await,
-        0,
-        "published rows leave the outbox"
-    );
+    assert_eq!(app.rows("outbox").await, 0, "published rows leave the outbox");
 }
 
 #[tokio::test]
 async fn the_same_key_and_request_return_the_same_saga() {
     let app = spawn_app().await;
     let first = app
-        .start(
-            "register_user",
-            r#"{"email":"b@example.com","name":"B"}"#,
-            "signup-b",
-        )
+        .start_registration("b@example.com", "B", "signup-b")
         .await
         .unwrap();
     assert!(first.created);
@@ -119,7 +111,7 @@ async fn the_same_key_and_request_return_the_same_saga() {
     for r in racers {
         assert_eq!(r.await.unwrap().unwrap(), first.saga_id);
     }
-    assert_eq!(app.count("SELECT count(*) FROM sagas").await, 1);
+    assert_eq!(app.rows("sagas").await, 1);
 
     // Concurrent first requests with a fresh key also create exactly one saga.
     let racers: Vec<_> = (0..8)
@@ -144,18 +136,15 @@ async fn the_same_key_and_request_return_the_same_saga() {
         ids.insert(resp.saga_id);
     }
     assert_eq!((ids.len(), created), (1, 1));
-    assert_eq!(app.count("SELECT count(*) FROM sagas").await, 2);
+    assert_eq!(app.rows("sagas").await, 2);
 }
 
 #[tokio::test]
 async fn the_same_key_with_a_different_request_is_already_exists() {
     let app = spawn_app().await;
-    let first = app
-        .start("register_user", r#"{"email":"d@example.com","name":"D"}"#, "k-1")
-        .await
-        .unwrap();
+    let first = app.start_registration("d@example.com", "D", "k-1").await.unwrap();
     let err = app
-        .start("register_user", r#"{"email":"e@example.com","name":"D"}"#, "k-1")
+        .start_registration("e@example.com", "D", "k-1")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -166,20 +155,13 @@ async fn the_same_key_with_a_different_request_is_already_exists() {
             first.saga_id
         )
     );
-    let err = app
-        .start(
-            "publish_post",
-            &format!(r#"{{"user_id":"{}","title":"t"}}"#, uuid::Uuid::now_v7()),
-            "k-1",
-        )
-        .await
-        .unwrap_err();
+    let err = app.publish("t", "k-1").await.unwrap_err();
     assert_eq!(
         err.code(),
         Code::AlreadyExists,
         "a key is not reusable across saga types either"
     );
-    assert_eq!(app.count("SELECT count(*) FROM sagas").await, 1);
+    assert_eq!(app.rows("sagas").await, 1);
 }
 
 #[tokio::test]
@@ -275,11 +257,7 @@ async fn invalid_requests_are_invalid_argument_naming_the_field() {
             "for {saga_type} {payload:.60}"
         );
     }
-    assert_eq!(
-        app.count("SELECT count(*) FROM sagas").await,
-        0,
-        "no bad request created anything"
-    );
-    assert_eq!(app.count("SELECT count(*) FROM saga_events").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(app.rows("sagas").await, 0, "no bad request created anything");
+    assert_eq!(app.rows("saga_events").await, 0);
+    assert_eq!(app.rows("outbox").await, 0);
 }
