@@ -56,6 +56,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// Kubernetes migration Job runs this before the Deployment rolls out).
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let _telemetry = saga_runtime::telemetry::init("orchestrator", settings.log_format);
+    migrated_pool(&settings).await?;
+    tracing::info!("orchestrator migrations applied");
+    Ok(())
+}
+
+/// A pool on the orchestrator database, its migrations applied.
+async fn migrated_pool(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = db::connect(&settings.database)
         .await
         .context("connecting to the orchestrator database")?;
@@ -63,8 +70,7 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
         .run(&pool)
         .await
         .context("running orchestrator migrations")?;
-    tracing::info!("orchestrator migrations applied");
-    Ok(())
+    Ok(pool)
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orchestrator");
@@ -102,13 +108,7 @@ impl Application {
             Some(path) => Catalog::from_file(path)?,
             None => Catalog::builtin()?,
         };
-        let pool = db::connect(&settings.database)
-            .await
-            .context("connecting to the orchestrator database")?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("running orchestrator migrations")?;
+        let pool = migrated_pool(&settings).await?;
 
         let kafka = &settings.kafka;
         let mut topics: Vec<String> = catalog
