@@ -9,29 +9,33 @@
 #     upstream CRDs (pinned module versions from the Go module proxy; k8s/tools/crd_schemas.py),
 #     with kubernetes-validate --strict (the schemas added to a copy of its schema directory) and
 #     the checker;
-#   - then consistency and policy (k8s/tools/check_manifests.py): selectors and ports line up,
-#     autoscaler/PDB/NetworkPolicy targets exist, no secret values, hardened pods, settings the
-#     services accept and that are complete (TLS, SASL, mounted files), Kafka topics and ACLs that
-#     match who reads and writes what, every setting documented in docs/DEPLOYMENT.md; alerts with
-#     severity, runbook (docs/OPERATIONS.md) and only exported metrics; scraping, mesh policies
-#     that never admit more than the NetworkPolicies, Argo CD projects that admit what their
-#     Applications render.
-# Then the operations checks: `promtool check rules` and `promtool test rules` on the alerts of
-# k8s/components/monitoring (its tests/), actionlint on .github/workflows, and the unit tests of
-# k8s/tools/check_metrics.py.
+#   - what no standard tool expresses, in k8s/tools/check_manifests.py (k8s/README.md says why):
+#     every schema error at once and unknown kinds, the metrics and labels of the PromQL in alerts
+#     and dashboards (k8s/tools/check_metrics.py), `promtool check rules` per PrometheusRule, and
+#     the Argo CD Applications' sources rendered as Argo CD would (for the Rego policy);
+#   - then consistency and policy: the Rego policies of k8s/policy/, evaluated by conftest over the
+#     whole render at once (--combine): selectors and ports line up, autoscaler/PDB/NetworkPolicy
+#     targets exist, no secret values, hardened pods, settings the services accept and that are
+#     complete (TLS, SASL, mounted files), Kafka topics and ACLs that match who reads and writes
+#     what, every setting documented in docs/DEPLOYMENT.md; alerts with severity and a runbook
+#     (a heading of docs/OPERATIONS.md), dashboards, scraping, mesh policies that never admit more
+#     than the NetworkPolicies, Argo CD projects that admit what their Applications render.
+# Then the operations checks: the policies' unit tests (`conftest verify`), `promtool check rules`
+# and `promtool test rules` on the alerts of k8s/components/monitoring (its tests/), actionlint on
+# .github/workflows, and the unit tests of k8s/tools/check_metrics.py.
 # Finally it proves the checks can fail: every manifest (or kustomization) in k8s/tests/broken/
 # must be rejected for exactly the reasons its `# expect:` lines give — each expected reason
 # reported, no other error; so must every promtool unit test in k8s/tests/broken/promtool/ and
 # every workflow in k8s/tests/broken/actionlint/.
 #
 #   scripts/k8s-validate.sh        # exit 0 only if all renders pass and every broken one fails
-#   scripts/k8s-validate.sh -q     # errors and one summary line per target only
+#   scripts/k8s-validate.sh -q     # errors and the summary lines of each target only
 #
 # Needs python3 (with pip), go, and apt-get (Debian) for promtool and shellcheck. Installed on
 # first use into ~/.cache/saga-coordinator (SAGA_CACHE), pinned, and reused: kubernetes-validate
-# (PyPI), kustomize and actionlint (`go install`), the CRDs (`go mod download`, converted, the
-# sources then deleted), promtool and shellcheck (the binaries only, extracted from Debian's
-# prometheus and shellcheck packages: no server is installed or started).
+# (PyPI), kustomize, conftest and actionlint (`go install`), the CRDs (`go mod download`,
+# converted, the sources then deleted), promtool and shellcheck (the binaries only, extracted from
+# Debian's prometheus and shellcheck packages: no server is installed or started).
 # Nothing here talks to a cluster.
 set -euo pipefail
 
@@ -41,7 +45,12 @@ K8S_VERSION="${K8S_VERSION:-1.30.0}"
 KV_VERSION="1.33.1" # kubernetes-validate release; ships schemas for Kubernetes 1.24 … 1.33
 KV_DIR="$SAGA_CACHE/kubernetes-validate-$KV_VERSION"
 CHECK="$ROOT/k8s/tools/check_manifests.py"
-DOCS="$ROOT/docs/DEPLOYMENT.md"
+POLICY="$ROOT/k8s/policy"
+# The policies without their unit tests (conftest test would load those too, for nothing).
+POLICY_FILES=()
+for f in "$POLICY"/*.rego; do
+    case "$f" in *_test.rego) ;; *) POLICY_FILES+=(-p "$f") ;; esac
+done
 
 QUIET=()
 [ "${1:-}" = "-q" ] && QUIET=(--quiet)
@@ -52,22 +61,25 @@ die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 2; }
 # ---------------------------------------------------------------------------- tools
 
 command -v python3 >/dev/null || die "python3 is required (Debian: apt-get install python3 python3-pip)"
+# The interpreter itself: a version manager's shim (pyenv) would start again for each of the
+# hundred or so Python runs below, twice as slow as the interpreter alone.
+PYTHON="$(python3 -c 'import sys; print(sys.executable)')"
 
 if [ ! -f "$KV_DIR/.installed" ]; then
-    python3 -m pip --version >/dev/null 2>&1 ||
+    "$PYTHON" -m pip --version >/dev/null 2>&1 ||
         die "pip is required to install kubernetes-validate (Debian: apt-get install python3-pip)"
     log "installing kubernetes-validate $KV_VERSION into $KV_DIR (once)"
     rm -rf "$KV_DIR.tmp"
     mkdir -p "$SAGA_CACHE"
     # --target keeps it (and its jsonschema, PyYAML, …) out of every other Python environment.
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check \
         --no-warn-script-location \
         --target "$KV_DIR.tmp" "kubernetes-validate==$KV_VERSION" ||
         die "could not install kubernetes-validate==$KV_VERSION from PyPI"
     rm -rf "$KV_DIR" && mv "$KV_DIR.tmp" "$KV_DIR"
     touch "$KV_DIR/.installed"
 fi
-py() { PYTHONPATH="$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 python3 "$@"; }
+py() { PYTHONPATH="$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 "$PYTHON" "$@"; }
 py -c "import kubernetes_validate, jsonschema, yaml" 2>/dev/null ||
     die "kubernetes-validate in $KV_DIR does not import; delete that directory and run again"
 
@@ -86,6 +98,18 @@ RENDERER="kustomize $KUSTOMIZE_VERSION"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+
+# conftest (Open Policy Agent's Rego for configuration files), pinned, built once like kustomize.
+# v0.71.1 is the newest release the Go module proxy serves that builds with Go 1.26 (its go.mod
+# says go 1.26.8); it embeds OPA v1.21.1.
+CONFTEST_VERSION="v0.71.1"
+CONFTEST="$SAGA_CACHE/conftest-$CONFTEST_VERSION/conftest"
+if [ ! -x "$CONFTEST" ]; then
+    command -v go >/dev/null || die "go is required to install conftest"
+    log "installing conftest $CONFTEST_VERSION into $(dirname "$CONFTEST") (once; go install)"
+    GOBIN="$(dirname "$CONFTEST")" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/conftest@$CONFTEST_VERSION" ||
+        die "could not install conftest $CONFTEST_VERSION"
+fi
 
 # actionlint, pinned, built once like kustomize.
 ACTIONLINT_VERSION="v1.7.12"
@@ -188,18 +212,62 @@ for d in schemas.glob("v*-local-strict"):
 PY
     touch "$KV_CRD_DIR/.complete"
 fi
-kv_cli() { PYTHONPATH="$KV_CRD_DIR:$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 python3 -m kubernetes_validate "$@"; }
+kv_cli() { PYTHONPATH="$KV_CRD_DIR:$KV_DIR" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -m kubernetes_validate "$@"; }
 
-# What the checker needs for the operations objects (alerts, dashboards, mesh, Argo CD).
+# What the checker needs for the operations objects (alerts, dashboards, Argo CD).
 OPS_ARGS=(--crd-schemas "$CRD_DIR" --metrics-inventory "$ROOT/k8s/tools/testdata/metrics-inventory.prom"
-    --promtool "$PROMTOOL" --operations "$ROOT/docs/OPERATIONS.md" --kustomize "$KUSTOMIZE" --repo-root "$ROOT")
+    --promtool "$PROMTOOL" --kustomize "$KUSTOMIZE" --repo-root "$ROOT")
+
+# What the policies read from the documentation (conftest --data, data.docs): the text of
+# docs/DEPLOYMENT.md (every setting the manifests use must appear there as `NAME`, every Secret by
+# name) and the anchors GitHub gives the headings of docs/OPERATIONS.md (the alerts' runbooks).
+DOCS_JSON="$WORK/docs.json"
+py - "$ROOT/docs/DEPLOYMENT.md" "$ROOT/docs/OPERATIONS.md" >"$DOCS_JSON" <<'PY' || die "could not read docs/"
+import json, pathlib, re, sys
+deployment, operations = map(pathlib.Path, sys.argv[1:3])
+anchors = set()
+for line in operations.read_text().splitlines():
+    m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+    if m:
+        text = re.sub(r"[`*_]", "", m.group(1)).strip().lower()
+        anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+json.dump({"docs": {"deployment": {"path": "docs/DEPLOYMENT.md", "text": deployment.read_text()},
+                    "operations": {"name": operations.name, "anchors": sorted(anchors)}}}, sys.stdout)
+PY
+
+# policies LABEL FACTS TARGET FILE…: conftest with the Rego policies of k8s/policy/ over all FILEs
+# together; every failure printed as `ERROR <object>: <why>`, then one summary line. FACTS is what
+# the checker wrote for these files (--facts), TARGET what is checked ({"target": {…}}).
+policies() {
+    local label="$1" facts="$2" target="$3" json
+    shift 3
+    # Exit status 1 means failures, which the JSON lists; anything else leaves no JSON.
+    json="$("$CONFTEST" test --combine --all-namespaces --no-color -o json "${POLICY_FILES[@]}" -d "$POLICY/data" \
+        -d "$DOCS_JSON" -d "$target" -d "$facts" "$@" 2>"$WORK/conftest.err")" || true
+    py -c '
+import json, sys
+raw = sys.stdin.read()
+try:
+    results = json.loads(raw)
+except ValueError:
+    why = raw + open(sys.argv[3]).read()
+    print("ERROR conftest: " + (" ".join(why.split())[:600] or "no output"))
+    sys.exit(1)
+failures = sorted({f["msg"] for r in results for f in (r.get("failures") or []) + (r.get("exceptions") or [])})
+packages = {r.get("namespace") for r in results if r.get("successes") or r.get("failures")}
+for msg in failures:
+    print("ERROR " + msg)
+print(f"{sys.argv[1]}: {len(packages)} Rego policies (conftest {sys.argv[2]}, k8s/policy), "
+      f"{len(failures)} failure(s)")
+sys.exit(1 if failures else 0)' "$label" "$CONFTEST_VERSION" "$WORK/conftest.err" <<<"$json"
+}
 
 # ---------------------------------------------------------------------------- targets
 
-# name | options for the checker | kustomization directories rendered and checked together
+# name | namespace-agnostic (the base) or not | kustomization directories rendered and checked together
 TARGETS=(
-    "base|--namespace-agnostic|k8s/base"
-    "base-kafka|--namespace-agnostic|k8s/base/kafka"
+    "base|namespace-agnostic|k8s/base"
+    "base-kafka|namespace-agnostic|k8s/base/kafka"
     "dev||k8s/overlays/dev k8s/overlays/dev/kafka"
     "prod||k8s/overlays/prod k8s/overlays/prod/kafka"
     "variant dev-sasl||k8s/tests/variants/dev-sasl k8s/tests/variants/dev-sasl/kafka"
@@ -209,14 +277,22 @@ TARGETS=(
     "argocd||k8s/argocd"
 )
 
+# The policies' unit tests and formatting, in the background meanwhile (reported with the
+# operations checks below).
+(
+    "$CONFTEST" verify --no-color -p "$POLICY" -d "$POLICY/data" &&
+        "$CONFTEST" fmt --check "$POLICY" && echo "formatted"
+) >"$WORK/policy-tests.out" 2>&1 &
+policy_tests=$!
+
 failed=()
 passed=0
 objects=0
 echo "Kubernetes manifests: $RENDERER, kubernetes-validate $KV_VERSION --strict for Kubernetes $K8S_VERSION;"
 echo "upstream CRDs: prometheus-operator $PROMETHEUS_OPERATOR_VERSION, argo-cd $ARGOCD_VERSION, istio.io/api $ISTIO_API_VERSION;"
-echo "promtool $PROMTOOL_VERSION, actionlint $ACTIONLINT_VERSION${SHELLCHECK:+ with shellcheck $("$SHELLCHECK" --version | sed -n 's/^version: //p')}"
+echo "conftest $CONFTEST_VERSION (Rego policies in k8s/policy), promtool $PROMTOOL_VERSION, actionlint $ACTIONLINT_VERSION${SHELLCHECK:+ with shellcheck $("$SHELLCHECK" --version | sed -n 's/^version: //p')}"
 for target in "${TARGETS[@]}"; do
-    IFS='|' read -r name opts dirs <<<"$target"
+    IFS='|' read -r name scope dirs <<<"$target"
     echo
     echo "── $name: $dirs"
     files=()
@@ -233,14 +309,22 @@ for target in "${TARGETS[@]}"; do
     done
     if [ "$ok" = 1 ]; then
         # The kubernetes-validate command line itself (with the CRD schemas added), over the whole
-        # render (it skips kinds it has no schema for; the checker below fails them instead).
-        if ! kv_out="$(kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "${files[@]}" 2>&1)"; then
-            echo "$kv_out"
+        # render (it skips kinds it has no schema for; the checker below fails them instead), in
+        # the background while the checker runs.
+        kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "${files[@]}" >"$WORK/kv.out" 2>&1 &
+        kv=$!
+        facts="$WORK/facts-$(echo "$name" | tr ' /' '__').json"
+        if ! py "$CHECK" --k8s-version "$K8S_VERSION" --label "$name" --facts "$facts" \
+            "${OPS_ARGS[@]}" "${QUIET[@]}" "${files[@]}"; then
             ok=0
         fi
-        # shellcheck disable=SC2086 # opts is a word list on purpose
-        if ! py "$CHECK" --k8s-version "$K8S_VERSION" --docs "$DOCS" --label "$name" \
-            ${opts} "${OPS_ARGS[@]}" "${QUIET[@]}" "${files[@]}"; then
+        printf '{"target": {"label": "%s", "namespace_agnostic": %s, "docs": true}}\n' "$name" \
+            "$([ "$scope" = namespace-agnostic ] && echo true || echo false)" >"$facts.target.json"
+        if ! policies "$name" "$facts" "$facts.target.json" "${files[@]}"; then
+            ok=0
+        fi
+        if ! wait "$kv"; then
+            cat "$WORK/kv.out"
             ok=0
         fi
         n="$(cat "${files[@]}" | grep -c '^kind:' || true)"
@@ -252,6 +336,16 @@ done
 # ---------------------------------------------------------------------------- operations checks
 
 ops_failed=()
+echo
+echo "── policies: conftest verify (the Rego unit tests, k8s/policy/*_test.rego), conftest fmt --check"
+if wait "$policy_tests"; then
+    echo "policies: $(grep -E '^[0-9]+ tests?,' "$WORK/policy-tests.out" | tail -n 1); formatted"
+else
+    cat "$WORK/policy-tests.out"
+    echo "policies: FAILED"
+    ops_failed+=(conftest)
+fi
+
 echo
 echo "── alerts: promtool check rules, promtool test rules (k8s/components/monitoring/tests/)"
 # The PrometheusRule is the only copy of the rules: its .spec is the rules file promtool reads.
@@ -367,14 +461,24 @@ for fixture in "$ROOT"/k8s/tests/broken/*.yaml "$ROOT"/k8s/tests/broken/*/kustom
     else
         manifest="$fixture"
     fi
-    out="$(py "$CHECK" --k8s-version "$K8S_VERSION" --quiet --label "$rel" "${OPS_ARGS[@]}" "$manifest" 2>&1)" && status=0 || status=$?
-    # For the single-manifest fixtures, show what kubernetes-validate's command line alone says
-    # (the consistency fixtures are schema-valid by design).
-    cli=""
+    # For the single-manifest fixtures, what kubernetes-validate's command line alone says (the
+    # consistency fixtures are schema-valid by design), in the background meanwhile.
+    kv=""
     if [ "$manifest" = "$fixture" ]; then
+        kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "$manifest" >/dev/null 2>&1 &
+        kv=$!
+    fi
+    # The checker, then the policies (without the documentation check: a fixture is not deployed).
+    facts="$WORK/facts-fixture.json"
+    rm -f "$facts"
+    out="$(py "$CHECK" --k8s-version "$K8S_VERSION" --quiet --label "$rel" --facts "$facts" "${OPS_ARGS[@]}" "$manifest" 2>&1)" && status=0 || status=$?
+    printf '{"target": {"label": "%s", "namespace_agnostic": false, "docs": false}}\n' "$rel" >"$facts.target.json"
+    [ -f "$facts" ] || echo '{"checked": {}}' >"$facts"
+    out+=$'\n'"$(policies "$rel" "$facts" "$facts.target.json" "$manifest" 2>&1)" || status=1
+    cli=""
+    if [ -n "$kv" ]; then
         cli="; kubernetes-validate CLI alone: accepts it"
-        kv_cli --strict --quiet --no-warn -k "$K8S_VERSION" "$manifest" >/dev/null 2>&1 ||
-            cli="; kubernetes-validate CLI alone: rejects it"
+        wait "$kv" || cli="; kubernetes-validate CLI alone: rejects it"
     fi
     judge "$rel" "$fixture" "$status" "$(grep '^ERROR' <<<"$out" || true)" "$cli"
 done
@@ -403,7 +507,7 @@ done
 # ---------------------------------------------------------------------------- verdict
 
 echo
-echo "Summary: ${passed}/${#TARGETS[@]} renders valid ($objects objects), ${rejected}/${total_fixtures} broken fixtures rejected, operations checks (promtool, actionlint, check_metrics): $([ "${#ops_failed[@]}" = 0 ] && echo passed || echo "FAILED: ${ops_failed[*]}")"
+echo "Summary: ${passed}/${#TARGETS[@]} renders valid ($objects objects), ${rejected}/${total_fixtures} broken fixtures rejected, operations checks (conftest verify and fmt, promtool, actionlint, check_metrics): $([ "${#ops_failed[@]}" = 0 ] && echo passed || echo "FAILED: ${ops_failed[*]}")"
 if [ "${#failed[@]}" -gt 0 ] || [ "${#accepted[@]}" -gt 0 ] || [ "${#ops_failed[@]}" -gt 0 ]; then
     [ "${#failed[@]}" -gt 0 ] && echo "invalid renders: ${failed[*]}"
     [ "${#accepted[@]}" -gt 0 ] && echo "broken fixtures not rejected as expected: ${accepted[*]}"
