@@ -128,10 +128,14 @@ pub enum PhaseStatus {
     /// The last attempt failed technically or missed its deadline; the next goes out at `retry_at`.
     RetryScheduled,
     Succeeded,
+    /// The step did not run: its condition was false, or its wait timed out with
+    /// `on_timeout = "continue"`. Nothing to undo.
+    Skipped,
     /// The action was refused by a business rule: nothing was applied, nothing to undo.
     Rejected,
-    /// The action gave up without a definite answer (retries spent, or the saga was aborted while it
-    /// was in flight). It may have been applied, so it is compensated like a succeeded one.
+    /// The action gave up without a definite answer (retries spent, the saga was aborted while it
+    /// was in flight, or another branch of its group failed first). It may have been applied, so
+    /// it is compensated like a succeeded one. A wait or child stopped this way is abandoned too.
     Abandoned,
     /// The compensation spent its retry budget; the saga is parked as failed.
     Exhausted,
@@ -141,6 +145,11 @@ impl PhaseStatus {
     /// Sent and not finished.
     pub fn is_active(self) -> bool {
         matches!(self, PhaseStatus::InFlight | PhaseStatus::RetryScheduled)
+    }
+
+    /// A forward action in this status lets its stage end.
+    pub fn is_done_forward(self) -> bool {
+        matches!(self, PhaseStatus::Succeeded | PhaseStatus::Skipped)
     }
 }
 
@@ -212,12 +221,21 @@ impl PhaseRecord {
     }
 }
 
-/// One step of a saga. `compensation` is `None` exactly when the definition's step is a pivot.
+/// One step of a saga. `compensation` is `None` exactly when the definition's step cannot be
+/// undone: a pivot, or a wait.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub action: PhaseRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<PhaseRecord>,
+    /// This step's rank (1, 2, …) among the saga's actions that ended succeeded or abandoned:
+    /// compensation runs from the highest. Steps that ended before ranks were recorded have none
+    /// and rank below every ranked step, by index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<u32>,
+    /// The child saga a child step started (its current one, after a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<SagaId>,
 }
 
 impl StepRecord {
@@ -233,6 +251,11 @@ impl StepRecord {
             Phase::Action => Some(&mut self.action),
             Phase::Compensation => self.compensation.as_mut(),
         }
+    }
+
+    /// The order compensation follows, highest first: completion rank, then index.
+    pub fn compensation_key(&self, index: usize) -> (Option<u32>, usize) {
+        (self.completion, index)
     }
 
     /// The action may have taken effect, so undoing it is owed (if the step can be undone).
@@ -263,17 +286,24 @@ pub struct Saga {
 }
 
 impl Saga {
-    /// The (step, phase) that has been sent and not finished. The engine keeps at most one.
-    pub fn active_phase(&self) -> Option<(usize, Phase)> {
-        self.steps.iter().enumerate().find_map(|(i, s)| {
+    /// The (step, phase) pairs that are sent and not finished, in step order. Several actions can
+    /// be active at once in a parallel group; a compensation is only ever active alone.
+    pub fn active_phases(&self) -> Vec<(usize, Phase)> {
+        let mut active = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
             if s.action.status.is_active() {
-                Some((i, Phase::Action))
-            } else if s.compensation.as_ref().is_some_and(|c| c.status.is_active()) {
-                Some((i, Phase::Compensation))
-            } else {
-                None
+                active.push((i, Phase::Action));
             }
-        })
+            if s.compensation.as_ref().is_some_and(|c| c.status.is_active()) {
+                active.push((i, Phase::Compensation));
+            }
+        }
+        active
+    }
+
+    /// The first active (step, phase), if any.
+    pub fn active_phase(&self) -> Option<(usize, Phase)> {
+        self.active_phases().into_iter().next()
     }
 
     /// When the engine must be woken for this saga (a deadline or a retry), if ever.
@@ -307,20 +337,10 @@ impl Saga {
         };
         match self.state {
             SagaState::Completed => None,
-            SagaState::Running => self
-                .steps
-                .iter()
-                .position(|s| s.action.status != PhaseStatus::Succeeded),
+            SagaState::Running => self.steps.iter().position(|s| !s.action.status.is_done_forward()),
             SagaState::Compensating | SagaState::Failed => exhausted().or_else(failed_forward),
             SagaState::Compensated => failed_forward(),
         }
-    }
-
-    /// True when some pivot step has succeeded, after which the saga can only go forward.
-    pub fn past_pivot(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| s.compensation.is_none() && s.action.status == PhaseStatus::Succeeded)
     }
 }
 

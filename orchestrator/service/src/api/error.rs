@@ -177,6 +177,7 @@ impl From<ApplyError> for ApiError {
         match e {
             ApplyError::UnknownSaga(id) => Self::not_found(format!("no saga {id}")),
             ApplyError::Engine(EngineError::NotAllowed(why)) => Self::precondition(why),
+            ApplyError::Engine(EngineError::Invalid(why)) => Self::invalid(why),
             ApplyError::Engine(e @ EngineError::DefinitionMismatch { .. }) => {
                 Self::new(ErrorKind::Internal, e.to_string())
             }

@@ -245,16 +245,18 @@ pub(crate) fn check_saga(
                     shown(action)
                 ),
             ),
-            PhaseStatus::Rejected | PhaseStatus::Pending if applied && !undone => report(
-                FindingKind::EndedDifferently,
-                Phase::Action,
-                format!(
-                    "{participant} applied {} but the orchestrator recorded it as {} and the saga {}",
-                    step.action,
-                    status_word(record.action.status),
-                    saga.state
-                ),
-            ),
+            PhaseStatus::Rejected | PhaseStatus::Pending | PhaseStatus::Skipped if applied && !undone => {
+                report(
+                    FindingKind::EndedDifferently,
+                    Phase::Action,
+                    format!(
+                        "{participant} applied {} but the orchestrator recorded it as {} and the saga {}",
+                        step.action,
+                        status_word(record.action.status),
+                        saga.state
+                    ),
+                )
+            }
             _ => {}
         }
         let compensation = record.compensation.as_ref();
@@ -298,6 +300,7 @@ fn status_word(s: PhaseStatus) -> &'static str {
     match s {
         PhaseStatus::Rejected => "refused",
         PhaseStatus::Pending => "never sent",
+        PhaseStatus::Skipped => "skipped",
         _ => "not succeeded",
     }
 }
@@ -340,6 +343,8 @@ mod tests {
                 .map(|(a, c)| StepRecord {
                     action: phase(*a),
                     compensation: Some(phase(*c)),
+                    completion: None,
+                    child: None,
                 })
                 .collect(),
             failure_reason: None,

@@ -100,7 +100,20 @@ pub(super) fn observe(def: &SagaDefinition, decision: &Decision, now: DateTime<U
                 metrics::counter!("saga_operator_actions_total", "saga_type" => t.clone(), "action" => event.kind())
                     .increment(1);
             }
-            Event::CommandDispatched { .. } | Event::ReplaySkipped { .. } => {}
+            Event::SignalReceived { step, .. }
+            | Event::ApprovalDecided { step, .. }
+            | Event::WaitTimedOut { step, .. } => {
+                metrics::counter!("saga_waits_ended_total", "saga_type" => t.clone(), "step" => step_name(*step),
+                    "how" => event.kind())
+                .increment(1);
+            }
+            Event::CommandDispatched { .. }
+            | Event::ReplaySkipped { .. }
+            | Event::StepSkipped { .. }
+            | Event::WaitStarted { .. }
+            | Event::WaitCancelled { .. }
+            | Event::ChildStarted { .. }
+            | Event::ChildEnded { .. } => {}
         }
     }
 }

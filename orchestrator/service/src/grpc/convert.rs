@@ -52,6 +52,7 @@ fn status_to_pb(s: PhaseStatus) -> pb::PhaseStatus {
         PhaseStatus::Rejected => pb::PhaseStatus::Rejected,
         PhaseStatus::Abandoned => pb::PhaseStatus::Abandoned,
         PhaseStatus::Exhausted => pb::PhaseStatus::Exhausted,
+        PhaseStatus::Skipped => pb::PhaseStatus::Skipped,
     }
 }
 
