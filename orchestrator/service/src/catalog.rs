@@ -22,6 +22,11 @@ pub(crate) enum CatalogError {
     Duplicate(String, u32),
     #[error("saga catalog is empty")]
     Empty,
+    #[error(
+        "{0} v{1}: step `{2}` starts a child saga; child sagas are defined and decided by the engine \
+         but this orchestrator does not run them yet"
+    )]
+    ChildNotRun(String, u32, String),
 }
 
 #[derive(Deserialize)]
@@ -59,6 +64,13 @@ impl Catalog {
         let mut latest: HashMap<String, Arc<SagaDefinition>> = HashMap::new();
         for def in file.saga {
             def.validate()?;
+            if let Some((step, _)) = def.children().next() {
+                return Err(CatalogError::ChildNotRun(
+                    def.name.clone(),
+                    def.version,
+                    step.name.clone(),
+                ));
+            }
             let def = Arc::new(def);
             let key = (def.name.clone(), def.version);
             if versions.insert(key, def.clone()).is_some() {
@@ -106,6 +118,44 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_step_is_refused_with_the_reason_until_the_shell_runs_children() {
+        let text = r#"
+            [[saga]]
+            name = "onboard"
+            version = 1
+            [[saga.steps]]
+            name = "account"
+            child = { saga = "register_user" }
+        "#;
+        let e = Catalog::from_toml(text).expect_err("refused").to_string();
+        assert!(
+            e.contains("onboard v1: step `account` starts a child saga"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_condition_on_an_unknown_field_is_refused_at_load_naming_saga_version_and_step() {
+        let text = r#"
+            [[saga]]
+            name = "pay"
+            version = 3
+            input = [{ name = "amount", kind = "integer" }]
+            [[saga.steps]]
+            name = "charge"
+            participant = "pay.commands"
+            action = "Charge"
+            deadline_ms = 1000
+            when = "amount > limit"
+        "#;
+        let e = Catalog::from_toml(text).expect_err("refused").to_string();
+        assert!(
+            e.contains("pay v3: step `charge` when:") && e.contains("`limit`"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn builtin_catalog_has_the_demo_sagas() {

@@ -14,15 +14,18 @@ pub(crate) mod request;
 
 use std::sync::Arc;
 
-use saga_engine::{Command, Input, Phase, SagaId};
+use saga_engine::{Command, EngineError, Input, Phase, SagaId};
 use serde::Serialize;
 use uuid::Uuid;
 
 pub(crate) use error::{ApiError, ErrorKind};
-use request::{AbortRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest, RetryRequest};
+use request::{
+    AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest,
+    RetryRequest, SignalRequest,
+};
 
 use crate::auth::{Authenticator, Caller};
-use crate::coordinator::{Applied, Coordinator, ReplayOutcome, ReplayReport};
+use crate::coordinator::{Applied, ApplyError, Coordinator, ReplayOutcome, ReplayReport};
 use crate::jobs::{self, Job, JobItem, ReplayParams};
 use crate::settings::OperatorSettings;
 use crate::store::{self, HistoryEntry, SagaSummary, StoredSaga};
@@ -154,6 +157,38 @@ impl Api {
 
     pub(crate) async fn abort(&self, caller: &Caller, r: AbortRequest) -> Result<Applied, ApiError> {
         let input = Input::Abort {
+            reason: r.reason.as_str().to_owned(),
+        };
+        Ok(self.coordinator.act(r.saga, &input, &caller.name).await?)
+    }
+
+    /// Delivers a signal. A signal refused because the saga no longer waits for it, when the
+    /// same key was already applied to this saga, is the repeat of a delivered signal: OK, and
+    /// nothing changes.
+    /// Signals need no operator credential (like StartSaga, they come from services); the
+    /// history records them as sent by `signal-sender`.
+    pub(crate) async fn signal(&self, r: SignalRequest) -> Result<Applied, ApiError> {
+        let input = Input::Signal {
+            signal: r.signal.clone(),
+            payload: r.payload.clone(),
+            key: r.key.clone(),
+        };
+        match self.coordinator.act(r.saga, &input, "signal-sender").await {
+            Err(ApplyError::Engine(EngineError::NotAllowed(why))) => match &r.key {
+                Some(key) if self.coordinator.signal_applied(r.saga, key).await? => {
+                    Ok(self.coordinator.unchanged(r.saga).await?)
+                }
+                _ => Err(ApiError::precondition(why)),
+            },
+            other => Ok(other?),
+        }
+    }
+
+    pub(crate) async fn approval(&self, caller: &Caller, r: ApprovalRequest) -> Result<Applied, ApiError> {
+        let input = Input::Approval {
+            step: r.step,
+            approved: r.approved,
+            by: caller.name.clone(),
             reason: r.reason.as_str().to_owned(),
         };
         Ok(self.coordinator.act(r.saga, &input, &caller.name).await?)

@@ -164,6 +164,82 @@ impl AbortRequest {
     }
 }
 
+/// Largest signal payload accepted, in bytes of JSON.
+pub(crate) const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Longest signal idempotency key.
+pub(crate) const MAX_SIGNAL_KEY_CHARS: usize = 200;
+
+/// Deliver a signal to a waiting saga. The payload is only parsed as a JSON object here: its
+/// fields are the definition's business, checked by the engine against the wait.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SignalRequest {
+    pub(crate) saga: SagaId,
+    pub(crate) signal: String,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) key: Option<String>,
+}
+
+impl SignalRequest {
+    pub(crate) fn parse(saga: &str, signal: &str, payload_json: &str, key: &str) -> Result<Self, ApiError> {
+        let signal = signal.trim();
+        if signal.is_empty() || signal.len() > 64 {
+            return Err(ApiError::invalid("signal: required, at most 64 characters").in_field("signal"));
+        }
+        if payload_json.len() > MAX_SIGNAL_PAYLOAD_BYTES {
+            return Err(ApiError::invalid(format!(
+                "payload_json: {} bytes is over the limit of {MAX_SIGNAL_PAYLOAD_BYTES}",
+                payload_json.len()
+            )));
+        }
+        let payload = if payload_json.trim().is_empty() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            serde_json::from_str(payload_json)
+                .map_err(|e| ApiError::invalid(format!("payload_json: not valid JSON: {e}")))?
+        };
+        if !payload.is_object() {
+            return Err(ApiError::invalid("payload_json: must be a JSON object"));
+        }
+        let key = key.trim();
+        if key.chars().count() > MAX_SIGNAL_KEY_CHARS || key.chars().any(char::is_control) {
+            return Err(ApiError::invalid(format!(
+                "idempotency_key: at most {MAX_SIGNAL_KEY_CHARS} characters, no control characters"
+            )));
+        }
+        Ok(Self {
+            saga: saga_id("saga_id", saga)?,
+            signal: signal.to_owned(),
+            payload,
+            key: (!key.is_empty()).then(|| key.to_owned()),
+        })
+    }
+}
+
+/// An operator approves or rejects a saga waiting at an approval step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ApprovalRequest {
+    pub(crate) saga: SagaId,
+    pub(crate) approved: bool,
+    pub(crate) step: Option<usize>,
+    pub(crate) reason: Reason,
+}
+
+impl ApprovalRequest {
+    pub(crate) fn parse(
+        saga: &str,
+        approved: bool,
+        step: Option<u32>,
+        reason: &str,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            saga: saga_id("saga_id", saga)?,
+            approved,
+            step: step.map(|s| s as usize),
+            reason: Reason::parse(reason)?,
+        })
+    }
+}
+
 /// Replay the compensation of every failed saga a filter selects, paced, up to a limit.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BulkReplayRequest {

@@ -120,6 +120,27 @@ impl Coordinator {
         })
     }
 
+    /// Whether a signal with idempotency key `key` was already applied to the saga.
+    pub(crate) async fn signal_applied(&self, id: SagaId, key: &str) -> Result<bool, ApplyError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(store::signal_applied(&mut conn, id, key).await?)
+    }
+
+    /// The saga as it stands, reported as an action that changed nothing (a repeated signal).
+    pub(crate) async fn unchanged(&self, id: SagaId) -> Result<Applied, ApplyError> {
+        let mut conn = self.pool.acquire().await?;
+        let stored = store::load(&mut conn, id)
+            .await?
+            .ok_or(ApplyError::UnknownSaga(id))?;
+        Ok(Applied {
+            changed: false,
+            state: stored.saga.state,
+            saga: stored.saga,
+            version: stored.version,
+            commands: Vec::new(),
+        })
+    }
+
     /// What `input` would do to the saga now, computed but not written (dry runs).
     pub(crate) async fn plan(&self, id: SagaId, input: &Input) -> Result<Decision, ApplyError> {
         let mut conn = self.pool.acquire().await?;

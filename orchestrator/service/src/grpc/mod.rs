@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::api::request::{
-    self, AbortRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest, RetryRequest,
+    self, AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest,
+    RetryRequest, SignalRequest,
 };
 use crate::api::{Api, ApiError, planned};
 use crate::auth::bearer;
@@ -480,6 +481,37 @@ impl SagaOrchestrator for SagaApi {
             let r = request.into_inner();
             let abort = AbortRequest::parse(&r.saga_id, &r.reason)?;
             let applied = self.api.abort(&caller, abort).await?;
+            Ok(Response::new(self.acted(applied)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn signal_saga(
+        &self,
+        request: Request<pb::SignalSagaRequest>,
+    ) -> Result<Response<pb::OperatorActionResponse>, Status> {
+        let span = rpc_span("SignalSaga", &request);
+        async move {
+            let r = request.into_inner();
+            let signal = SignalRequest::parse(&r.saga_id, &r.signal, &r.payload_json, &r.idempotency_key)?;
+            let applied = self.api.signal(signal).await?;
+            Ok(Response::new(self.acted(applied)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::OperatorActionResponse>, Status> {
+        let span = rpc_span("DecideApproval", &request);
+        async move {
+            let caller = self.api.operator(bearer(request.metadata()))?;
+            let r = request.into_inner();
+            let approval = ApprovalRequest::parse(&r.saga_id, r.approved, r.step_index, &r.reason)?;
+            let applied = self.api.approval(&caller, approval).await?;
             Ok(Response::new(self.acted(applied)))
         }
         .instrument(span)

@@ -114,6 +114,22 @@ pub(crate) async fn lock_many(
     rows.into_iter().map(StoredSaga::try_from).collect()
 }
 
+/// Whether a signal with this idempotency key was applied to the saga (its history says so).
+pub(crate) async fn signal_applied(
+    conn: &mut PgConnection,
+    id: SagaId,
+    key: &str,
+) -> Result<bool, StoreError> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM saga_events WHERE saga_id = $1 AND kind = 'signal_received' AND data->>'key' = $2 LIMIT 1",
+    )
+    .bind(id.as_uuid())
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 pub(crate) async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<StoredSaga>, StoreError> {
     let row: Option<SagaRow> = sqlx::query_as(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = $1"))
         .bind(id.as_uuid())

@@ -11,3 +11,4 @@ mod operator;
 mod queries;
 mod start_saga;
 mod transports;
+mod waits;
