@@ -136,12 +136,22 @@ impl Browser {
         serde_json::from_value(found).unwrap_or_else(|e| panic!("texts of `{css}`: {e}"))
     }
 
+    /// Clicks the first element matching `css`. Like [`Browser::text`], a live re-render can
+    /// replace the element between finding and clicking it: a stale element is looked up again
+    /// (the click never reached the page, so it is not repeated).
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click `{css}`: {e}"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(CmdError::Standard(e))
+                    if e.error == ErrorStatus::StaleElementReference && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click `{css}`: {e}"),
+            }
+        }
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
