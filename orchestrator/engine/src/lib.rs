@@ -25,4 +25,6 @@ pub use definition::{
     ChildDefinition, DefinitionError, FieldKind, InputError, InputField, OnTimeout, RetryPolicy,
     SagaDefinition, StepDefinition, StepKind, WaitDefinition, check_payload,
 };
-pub use saga::{Phase, PhaseRecord, PhaseStatus, Saga, SagaId, SagaIdError, SagaState, StepRecord};
+pub use saga::{
+    ParentRef, Phase, PhaseRecord, PhaseStatus, Saga, SagaId, SagaIdError, SagaState, StepRecord,
+};

@@ -268,6 +268,13 @@ impl StepRecord {
     }
 }
 
+/// The saga and step that started a saga as its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub saga: SagaId,
+    pub step: usize,
+}
+
 /// A saga instance: what the store persists and `decide` transforms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saga {
@@ -281,6 +288,10 @@ pub struct Saga {
     /// Why the saga is compensating, compensated or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// Set when another saga started this one as a child step. The engine never reads it; the
+    /// service tells the parent when this saga ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

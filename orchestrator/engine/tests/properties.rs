@@ -408,6 +408,7 @@ impl Checker {
                     step: *step,
                     child,
                     state,
+                    reason: None,
                 });
             }
         }
@@ -445,7 +446,12 @@ impl Checker {
                         Phase::Action => SagaState::Completed,
                         Phase::Compensation => SagaState::Compensated,
                     };
-                    self.apply(Input::ChildEnded { step, child, state });
+                    self.apply(Input::ChildEnded {
+                        step,
+                        child,
+                        state,
+                        reason: None,
+                    });
                 }
                 (StepKind::Participant, _) => self.reply(Reply {
                     step,

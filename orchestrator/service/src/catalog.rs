@@ -22,11 +22,8 @@ pub(crate) enum CatalogError {
     Duplicate(String, u32),
     #[error("saga catalog is empty")]
     Empty,
-    #[error(
-        "{0} v{1}: step `{2}` starts a child saga; child sagas are defined and decided by the engine \
-         but this orchestrator does not run them yet"
-    )]
-    ChildNotRun(String, u32, String),
+    #[error("{0} v{1}: step `{2}`: {3}")]
+    Child(String, u32, String, String),
 }
 
 #[derive(Deserialize)]
@@ -64,13 +61,6 @@ impl Catalog {
         let mut latest: HashMap<String, Arc<SagaDefinition>> = HashMap::new();
         for def in file.saga {
             def.validate()?;
-            if let Some((step, _)) = def.children().next() {
-                return Err(CatalogError::ChildNotRun(
-                    def.name.clone(),
-                    def.version,
-                    step.name.clone(),
-                ));
-            }
             let def = Arc::new(def);
             let key = (def.name.clone(), def.version);
             if versions.insert(key, def.clone()).is_some() {
@@ -81,7 +71,74 @@ impl Catalog {
                 latest.insert(def.name.clone(), def);
             }
         }
-        Ok(Self { versions, latest })
+        let catalog = Self { versions, latest };
+        catalog.check_children()?;
+        Ok(catalog)
+    }
+
+    /// A child step names a saga type the catalog has, whose newest version (the one a child
+    /// starts on) can be compensated (no pivot), whose input the step fills (every field it maps
+    /// exists, every required one is mapped), and that does not start its parent again (no cycle).
+    fn check_children(&self) -> Result<(), CatalogError> {
+        for def in self.versions.values() {
+            for (step, child) in def.children() {
+                let fail = |why: String| {
+                    Err(CatalogError::Child(
+                        def.name.clone(),
+                        def.version,
+                        step.name.clone(),
+                        why,
+                    ))
+                };
+                let Some(target) = self.latest(&child.saga) else {
+                    return fail(format!("child saga type `{}` is not in the catalog", child.saga));
+                };
+                if let Some(pivot) = target.steps.iter().find(|s| s.is_pivot()) {
+                    return fail(format!(
+                        "child saga {} v{} has a pivot (`{}`), so compensating this step could not undo it",
+                        target.name, target.version, pivot.name
+                    ));
+                }
+                if let Some(field) = child
+                    .input
+                    .keys()
+                    .find(|f| !target.input.iter().any(|i| &i.name == *f))
+                {
+                    return fail(format!(
+                        "`{field}` is not an input of {} v{}",
+                        target.name, target.version
+                    ));
+                }
+                if let Some(missing) = target
+                    .input
+                    .iter()
+                    .find(|i| i.required && !child.input.contains_key(&i.name))
+                {
+                    return fail(format!(
+                        "required input `{}` of {} v{} is not given",
+                        missing.name, target.name, target.version
+                    ));
+                }
+                if self.starts(&target.name, &def.name, 0) {
+                    return fail(format!(
+                        "child saga `{}` starts `{}` again: a cycle",
+                        target.name, def.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a saga of type `from` (newest version) starts `to`, directly or through children.
+    fn starts(&self, from: &str, to: &str, depth: usize) -> bool {
+        let Some(def) = self.latest(from) else {
+            return false;
+        };
+        depth < 16
+            && def
+                .children()
+                .any(|(_, c)| c.saga == to || self.starts(&c.saga, to, depth + 1))
     }
 
     /// The version new sagas of this type start on.
@@ -120,20 +177,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_child_step_is_refused_with_the_reason_until_the_shell_runs_children() {
-        let text = r#"
+    fn a_child_step_must_name_a_compensable_saga_fill_its_input_and_not_cycle() {
+        let kid = r#"
             [[saga]]
-            name = "onboard"
+            name = "kid"
             version = 1
+            input = [{ name = "email", kind = "email" }, { name = "note", kind = "string", required = false }]
             [[saga.steps]]
-            name = "account"
-            child = { saga = "register_user" }
+            name = "go"
+            wait = { signal = "go", timeout_ms = 1000 }
         "#;
-        let e = Catalog::from_toml(text).expect_err("refused").to_string();
+        let parent = |child: &str| {
+            format!(
+                "{kid}\n[[saga]]\nname = \"onboard\"\nversion = 1\ninput = [{{ name = \"email\", kind = \"email\" }}]\n\
+                 [[saga.steps]]\nname = \"account\"\nchild = {child}\n"
+            )
+        };
+        assert!(Catalog::from_toml(&parent(r#"{ saga = "kid", input = { email = "email" } }"#)).is_ok());
+        let refused = |child: &str| {
+            Catalog::from_toml(&parent(child))
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(r#"{ saga = "nobody", input = { email = "email" } }"#);
         assert!(
-            e.contains("onboard v1: step `account` starts a child saga"),
+            e.contains("onboard v1: step `account`: child saga type `nobody` is not in the catalog"),
             "{e}"
         );
+        let e = refused(r#"{ saga = "kid" }"#);
+        assert!(e.contains("required input `email` of kid v1 is not given"), "{e}");
+        let e = refused(r#"{ saga = "kid", input = { email = "email", age = "1" } }"#);
+        assert!(e.contains("`age` is not an input of kid v1"), "{e}");
+        let e = Catalog::from_toml(&format!(
+            "{BUILTIN}\n[[saga]]\nname = \"p\"\nversion = 1\n[[saga.steps]]\nname = \"c\"\n\
+             child = {{ saga = \"publish_post\", input = {{ user_id = \"'0190f5a2-7c1e-7d3a-9b1f-2c3d4e5f6a7b'\", title = \"'t'\" }} }}\n"
+        ))
+        .expect_err("publish_post has a pivot")
+        .to_string();
+        assert!(e.contains("has a pivot"), "{e}");
+        let cycle = "[[saga]]\nname = \"a\"\nversion = 1\n[[saga.steps]]\nname = \"s\"\nchild = { saga = \"b\" }\n\
+                     [[saga]]\nname = \"b\"\nversion = 1\n[[saga.steps]]\nname = \"s\"\nchild = { saga = \"a\" }\n";
+        let e = Catalog::from_toml(cycle).expect_err("a cycle").to_string();
+        assert!(e.contains("a cycle"), "{e}");
     }
 
     #[test]

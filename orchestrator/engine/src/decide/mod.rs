@@ -61,6 +61,7 @@ pub fn start(def: &SagaDefinition, id: SagaId, context: Map<String, Value>, now:
             })
             .collect(),
         failure_reason: None,
+        parent: None,
         created_at: now,
         updated_at: now,
     };
@@ -102,7 +103,12 @@ pub fn decide(
             by,
             reason,
         } => m.on_approval(*step, *approved, by, reason)?,
-        Input::ChildEnded { step, child, state } => m.on_child_ended(*step, *child, *state),
+        Input::ChildEnded {
+            step,
+            child,
+            state,
+            reason,
+        } => m.on_child_ended(*step, *child, *state, reason.as_deref()),
         Input::Compensate { reason } => m.on_compensate(reason)?,
     }
     let changed = m.saga != *saga;

@@ -66,7 +66,7 @@ impl Machine<'_> {
     /// A child saga reached an end (or was parked). Its outcome is the step's: completed is a
     /// success, compensated is a refusal (nothing of it remains). A parked child leaves the step
     /// waiting for an operator to move the child on.
-    pub(super) fn on_child_ended(&mut self, step: usize, child: SagaId, state: SagaState) {
+    pub(super) fn on_child_ended(&mut self, step: usize, child: SagaId, state: SagaState, why: Option<&str>) {
         let ignore = |m: &mut Self, why: String| {
             m.events.push(Event::ReplyIgnored {
                 step,
@@ -100,7 +100,10 @@ impl Machine<'_> {
             }
             (PhaseStatus::InFlight, _, SagaState::Compensated) => {
                 self.events.push(noted);
-                let reason = format!("child saga {child} was compensated");
+                let reason = match why {
+                    Some(why) => format!("child saga {child} did not start: {why}"),
+                    None => format!("child saga {child} was compensated"),
+                };
                 self.reject(step, reason.clone());
                 if self.failing() {
                     self.wind_down();

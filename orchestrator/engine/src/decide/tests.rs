@@ -944,6 +944,7 @@ fn a_child_saga_is_started_with_its_input_and_compensated_with_its_step() {
             step: 1,
             child: other,
             state: SagaState::Completed,
+            reason: None,
         })
         .clone();
     assert!(!stray.changed, "only the step's own child counts");
@@ -951,6 +952,7 @@ fn a_child_saga_is_started_with_its_input_and_compensated_with_its_step() {
         step: 1,
         child,
         state: SagaState::Completed,
+        reason: None,
     });
     assert_eq!(r.sent(), vec![(2, Phase::Action, 1)]);
     r.reply(2, Phase::Action, 1, business("no"));
@@ -960,6 +962,7 @@ fn a_child_saga_is_started_with_its_input_and_compensated_with_its_step() {
         step: 1,
         child,
         state: SagaState::Compensated,
+        reason: None,
     });
     assert_eq!(r.sent(), vec![(0, Phase::Compensation, 1)]);
     r.ok(0, Phase::Compensation);

@@ -45,6 +45,9 @@ pub enum Input {
         step: usize,
         child: SagaId,
         state: SagaState,
+        /// Why, when the child ended without running (its input did not fit its definition).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The parent of this saga compensates the step that started it: a running saga is aborted,
     /// a completed one compensates its steps; one already compensating or compensated needs

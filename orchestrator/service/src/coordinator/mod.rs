@@ -8,6 +8,7 @@
 //! - [`timers`]: deadlines and retries, woken by the timer loop.
 //! - [`metrics`]: saga metrics, derived from each committed decision's events.
 
+mod children;
 pub(crate) mod metrics;
 pub(crate) mod operator;
 pub(crate) mod replies;
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::store::{NewEvent, RowWrite, SagaWrite, StoreError, StoredSaga};
+use crate::store::{NewEvent, PendingInput, RowWrite, SagaWrite, StoreError, StoredSaga};
 use crate::wire::{self, Routing};
 
 pub(crate) use operator::{ReplayOutcome, ReplayReport};
@@ -185,6 +186,7 @@ fn write_of<'a>(
             })
             .collect(),
         messages,
+        inputs: PendingInput::of(decision),
     }
 }
 

@@ -10,7 +10,7 @@ use saga_runtime::consumer::{Handler, Incoming, Transient, Verdict, Verdicts};
 use saga_runtime::outbox::OutboxMessage;
 
 use super::{Applied, ApplyError, Coordinator, current_step_name, metrics, retry_conflicts};
-use crate::store::{self, NewEvent, RowWrite, SagaWrite, StoredSaga};
+use crate::store::{self, NewEvent, PendingInput, RowWrite, SagaWrite, StoredSaga};
 use crate::wire::{self, IncomingReply};
 
 impl Coordinator {
@@ -124,6 +124,7 @@ impl Coordinator {
                     current_step: current_step_name(def, current),
                     events: Vec::new(),
                     messages: Vec::new(),
+                    inputs: Vec::new(),
                 });
                 writes.len() - 1
             });
@@ -134,6 +135,7 @@ impl Coordinator {
                 event,
             }));
             write.messages.extend(messages);
+            write.inputs.extend(PendingInput::of(decision));
         }
         store::commit(&mut tx, &writes).await?;
         tx.commit().await?;

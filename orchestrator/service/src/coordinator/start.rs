@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, current_step_name, metrics};
-use crate::store::{self, NewEvent, RowWrite, SagaWrite, StoreError};
+use crate::store::{self, NewEvent, PendingInput, RowWrite, SagaWrite, StoreError};
 
 /// Longest accepted idempotency key.
 pub(super) const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -231,6 +231,7 @@ impl StartWriter {
                     })
                     .collect(),
                 messages,
+                inputs: PendingInput::of(&p.decision),
             })
             .collect();
         let committed = async {

@@ -1,4 +1,5 @@
-//! Timers: every tick, the sagas whose deadline or retry time has come are woken (`Input::Wake`)
+//! Timers: every tick, what sagas owe each other is applied (`children.rs`), and the sagas whose
+//! deadline or retry time has come are woken (`Input::Wake`)
 //! and written together (a tick that finds none due costs one index lookup) — safe with several
 //! replicas, which skip each other's rows.
 
@@ -64,6 +65,19 @@ pub(crate) async fn run(coordinator: Arc<Coordinator>, settings: TimerSettings, 
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        // What sagas owe each other (children to start or compensate, parents to tell).
+        if let Ok(true) = store::any_inputs(&coordinator.pool).await {
+            loop {
+                match coordinator.apply_inputs(batch).await {
+                    Ok(n) if n as i64 >= batch && !shutdown.is_cancelled() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "saga inputs pass failed; retrying next tick");
+                        break;
+                    }
+                }
+            }
         }
         // Most ticks find nothing due: look before opening a transaction that locks.
         if let Ok(false) = store::any_due(&coordinator.pool, coordinator.clock.now()).await {

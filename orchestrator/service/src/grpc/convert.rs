@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
-use saga_engine::{PhaseRecord, PhaseStatus, SagaDefinition, SagaState};
+use saga_engine::{PhaseRecord, PhaseStatus, SagaDefinition, SagaState, StepKind};
 use saga_proto::v1 as pb;
 
 use crate::api::request;
@@ -88,6 +88,18 @@ pub(super) fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb
                     .compensation
                     .as_ref()
                     .map(|c| phase_view(d.and_then(|d| d.compensation.as_deref()).unwrap_or(""), c)),
+                kind: d.map_or("", |d| step_kind(d.kind())).to_owned(),
+                group: d.and_then(|d| d.group.clone()).unwrap_or_default(),
+                waits_for: match d.map(|d| d.kind()) {
+                    Some(StepKind::Wait(w)) => w.signal.clone().unwrap_or_else(|| "approval".into()),
+                    _ => String::new(),
+                },
+                child_saga_id: rec.child.map(|c| c.to_string()).unwrap_or_default(),
+                child_saga_type: match d.map(|d| d.kind()) {
+                    Some(StepKind::Child(c)) => c.saga.clone(),
+                    _ => String::new(),
+                },
+                when: d.and_then(|d| d.when.clone()).unwrap_or_default(),
             }
         })
         .collect();
@@ -108,6 +120,17 @@ pub(super) fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb
         updated_at: Some(ts(s.updated_at)),
         steps,
         version: stored.version,
+        parent_saga_id: s.parent.map(|p| p.saga.to_string()).unwrap_or_default(),
+        parent_step: s.parent.map(|p| p.step as u32),
+    }
+}
+
+/// A step's kind as the API names it.
+pub(crate) fn step_kind(kind: StepKind<'_>) -> &'static str {
+    match kind {
+        StepKind::Participant => "participant",
+        StepKind::Wait(_) => "wait",
+        StepKind::Child(_) => "child",
     }
 }
 

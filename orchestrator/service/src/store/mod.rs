@@ -17,7 +17,7 @@ mod write;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use saga_engine::{Saga, SagaId, SagaState, StepRecord};
+use saga_engine::{ParentRef, Saga, SagaId, SagaState, StepRecord};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 pub(crate) use gauges::sample_gauges;
 pub(crate) use list::{ListFilter, SagaSummary, id_range, list};
-pub(crate) use write::{NewEvent, RowWrite, SagaWrite, commit};
+pub(crate) use write::{NewEvent, PendingInput, RowWrite, SagaWrite, commit, delete_input, lock_inputs};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -66,10 +66,12 @@ pub(super) struct SagaRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     trace_context: Json<BTreeMap<String, String>>,
+    parent_id: Option<Uuid>,
+    parent_step: Option<i32>,
 }
 
 pub(super) const SAGA_COLUMNS: &str = "id, saga_type, definition_version, state, version, idempotency_key, context, steps, \
-                            failure_reason, created_at, updated_at, trace_context";
+                            failure_reason, created_at, updated_at, trace_context, parent_id, parent_step";
 
 impl TryFrom<SagaRow> for StoredSaga {
     type Error = StoreError;
@@ -88,6 +90,13 @@ impl TryFrom<SagaRow> for StoredSaga {
                 context: r.context.0,
                 steps: r.steps.0,
                 failure_reason: r.failure_reason,
+                parent: match (r.parent_id, r.parent_step) {
+                    (Some(saga), Some(step)) => Some(ParentRef {
+                        saga: SagaId::from_uuid(saga),
+                        step: usize::try_from(step).map_err(|_| corrupt("negative parent step".into()))?,
+                    }),
+                    _ => None,
+                },
                 created_at: r.created_at,
                 updated_at: r.updated_at,
             },
@@ -136,6 +145,13 @@ pub(crate) async fn load(conn: &mut PgConnection, id: SagaId) -> Result<Option<S
         .fetch_optional(conn)
         .await?;
     row.map(StoredSaga::try_from).transpose()
+}
+
+/// Whether any saga owes another an input (a cheap look before a transaction that locks).
+pub(crate) async fn any_inputs(pool: &sqlx::PgPool) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM saga_inputs)")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Whether any saga's wake-up time has come: one lookup in the `wake_at` index, no transaction

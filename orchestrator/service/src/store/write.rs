@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use saga_engine::{Event, Saga, SagaId, StepRecord};
+use saga_engine::{ChildEffect, Decision, Event, Input, Saga, SagaId, SagaState, StepRecord};
 use saga_runtime::outbox::{self, OutboxMessage};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
@@ -23,6 +23,82 @@ pub(crate) struct SagaWrite<'a> {
     pub current_step: Option<String>,
     pub events: Vec<NewEvent<'a>>,
     pub messages: Vec<OutboxMessage>,
+    /// What this saga's decisions owe other sagas (children to start or compensate).
+    pub inputs: Vec<PendingInput>,
+}
+
+/// An input one saga owes another, written with the decision that caused it (`saga_inputs`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PendingInput {
+    pub saga_id: SagaId,
+    pub kind: &'static str,
+    pub body: Value,
+}
+
+impl PendingInput {
+    /// Kind of a row that creates a child saga.
+    pub(crate) const START_CHILD: &'static str = "start_child";
+    /// Kind of a row that feeds an engine input to an existing saga.
+    pub(crate) const INPUT: &'static str = "input";
+
+    /// What a decision owes other sagas: its child effects.
+    pub(crate) fn of(decision: &Decision) -> Vec<PendingInput> {
+        decision
+            .children
+            .iter()
+            .map(|effect| match effect {
+                ChildEffect::Start {
+                    step,
+                    child,
+                    saga_type,
+                    input,
+                } => PendingInput {
+                    saga_id: *child,
+                    kind: Self::START_CHILD,
+                    body: serde_json::json!({
+                        "parent": decision.saga.id,
+                        "step": step,
+                        "saga_type": saga_type,
+                        "input": input,
+                    }),
+                },
+                ChildEffect::Compensate { child, .. } => Self::input(
+                    *child,
+                    &Input::Compensate {
+                        reason: format!("its parent {} is compensating", decision.saga.id),
+                    },
+                ),
+            })
+            .collect()
+    }
+
+    fn input(saga_id: SagaId, input: &Input) -> Self {
+        PendingInput {
+            saga_id,
+            kind: Self::INPUT,
+            body: serde_json::to_value(input).unwrap_or(Value::Null),
+        }
+    }
+
+    /// A child that ended (or was parked) tells its parent.
+    fn child_ended(saga: &Saga) -> Option<Self> {
+        let parent = saga.parent?;
+        matches!(
+            saga.state,
+            SagaState::Completed | SagaState::Compensated | SagaState::Failed
+        )
+        .then(|| {
+            Self::input(
+                parent.saga,
+                &Input::ChildEnded {
+                    step: parent.step,
+                    child: saga.id,
+                    state: saga.state,
+                    reason: None,
+                },
+            )
+        })
+    }
 }
 
 /// What happens to a saga row.
@@ -74,7 +150,65 @@ pub(crate) async fn commit(
     append_many(&mut *conn, kept()).await?;
     let messages: Vec<OutboxMessage> = kept().flat_map(|w| w.messages.iter().cloned()).collect();
     outbox::enqueue(&mut *conn, &messages).await?;
+    let inputs: Vec<PendingInput> = kept()
+        .flat_map(|w| {
+            let ended = match w.row {
+                RowWrite::Unchanged => None,
+                _ => PendingInput::child_ended(w.saga),
+            };
+            w.inputs.iter().cloned().chain(ended)
+        })
+        .collect();
+    enqueue_inputs(&mut *conn, &inputs).await?;
     Ok(written)
+}
+
+/// Writes what sagas owe each other (one statement; none when there is nothing).
+async fn enqueue_inputs(conn: &mut PgConnection, inputs: &[PendingInput]) -> Result<(), StoreError> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = inputs.iter().map(|i| i.saga_id.as_uuid()).collect();
+    let kinds: Vec<&str> = inputs.iter().map(|i| i.kind).collect();
+    let bodies: Vec<Json<&Value>> = inputs.iter().map(|i| Json(&i.body)).collect();
+    sqlx::query(
+        "INSERT INTO saga_inputs (saga_id, kind, body, created_at) \
+         SELECT saga_id, kind, body, now() FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) \
+              WITH ORDINALITY AS n(saga_id, kind, body, ord) ORDER BY ord",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .bind(bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A row of `saga_inputs`, locked by the transaction that read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct InputRow {
+    pub id: i64,
+    pub saga_id: Uuid,
+    pub kind: String,
+    pub body: Json<Value>,
+}
+
+/// Up to `limit` pending inputs, oldest first, locked (`SKIP LOCKED`: replicas share the work).
+pub(crate) async fn lock_inputs(conn: &mut PgConnection, limit: i64) -> Result<Vec<InputRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, saga_id, kind, body FROM saga_inputs ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub(crate) async fn delete_input(conn: &mut PgConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM saga_inputs WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Inserts new sagas at version 1 (one statement for all); returns the ids inserted.
@@ -105,15 +239,23 @@ async fn insert_many(conn: &mut PgConnection, new: &[&SagaWrite<'_>]) -> Result<
     let reasons: Vec<Option<&str>> = new.iter().map(|w| w.saga.failure_reason.as_deref()).collect();
     let wakes: Vec<Option<DateTime<Utc>>> = new.iter().map(|w| w.saga.wake_at()).collect();
     let created: Vec<DateTime<Utc>> = new.iter().map(|w| w.saga.created_at).collect();
+    let parents: Vec<Option<Uuid>> = new
+        .iter()
+        .map(|w| w.saga.parent.map(|p| p.saga.as_uuid()))
+        .collect();
+    let parent_steps: Vec<Option<i32>> = new.iter().map(|w| w.saga.parent.map(|p| p.step as i32)).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO sagas (id, saga_type, definition_version, state, version, idempotency_key, request_hash, \
-         context, steps, current_step, failure_reason, wake_at, created_at, updated_at, trace_context) \
+         context, steps, current_step, failure_reason, wake_at, created_at, updated_at, trace_context, \
+         parent_id, parent_step) \
          SELECT id, saga_type, definition_version, state, 1, idempotency_key, request_hash, context, steps, \
-                current_step, failure_reason, wake_at, created_at, created_at, trace_context \
+                current_step, failure_reason, wake_at, created_at, created_at, trace_context, parent_id, parent_step \
          FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::bytea[], $7::jsonb[], \
-                     $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::jsonb[]) \
+                     $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::jsonb[], \
+                     $14::uuid[], $15::int4[]) \
               WITH ORDINALITY AS n(id, saga_type, definition_version, state, idempotency_key, request_hash, \
-                     context, steps, current_step, failure_reason, wake_at, created_at, trace_context, ord) \
+                     context, steps, current_step, failure_reason, wake_at, created_at, trace_context, \
+                     parent_id, parent_step, ord) \
          ORDER BY ord \
          ON CONFLICT DO NOTHING RETURNING id",
     )
@@ -130,6 +272,8 @@ async fn insert_many(conn: &mut PgConnection, new: &[&SagaWrite<'_>]) -> Result<
     .bind(wakes)
     .bind(created)
     .bind(traces)
+    .bind(parents)
+    .bind(parent_steps)
     .fetch_all(conn)
     .await?;
     Ok(inserted.into_iter().collect())

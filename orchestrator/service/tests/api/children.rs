@@ -1,0 +1,193 @@
+//! Child sagas against real PostgreSQL and Kafka: a parent starts a child and waits for its end;
+//! compensating the parent's step compensates the completed child; aborting the parent stops a
+//! running child; a child whose input does not fit fails the parent's step with the reason.
+
+use saga_proto::v1::{
+    AbortSagaRequest, DecideApprovalRequest, GetSagaRequest, SagaState, SagaView, SignalSagaRequest,
+    StartSagaRequest,
+};
+
+use crate::helpers::{OPERATOR_TOKEN, TestApp, authed, spawn_app_with};
+
+const CATALOG: &str = r#"
+[[saga]]
+name = "kid"
+version = 1
+input = [{ name = "email", kind = "email" }]
+[[saga.steps]]
+name = "go"
+wait = { signal = "go", timeout_ms = 600000 }
+
+[[saga]]
+name = "onboard"
+version = 1
+input = [{ name = "email", kind = "string" }]
+[[saga.steps]]
+name = "account"
+child = { saga = "kid", input = { email = "email" } }
+[[saga.steps]]
+name = "review"
+wait = { approval = true, timeout_ms = 600000 }
+"#;
+
+async fn app() -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sagas.toml");
+    std::fs::write(&path, CATALOG).expect("catalog written");
+    let app = spawn_app_with(|s| s.catalog_path = Some(path)).await;
+    (app, dir)
+}
+
+async fn start(app: &TestApp, email: &str) -> String {
+    app.client
+        .clone()
+        .start_saga(StartSagaRequest {
+            saga_type: "onboard".into(),
+            payload_json: format!(r#"{{"email": "{email}"}}"#),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("started")
+        .into_inner()
+        .saga_id
+}
+
+/// The child the parent's step 0 started, once it exists.
+async fn child_of(app: &TestApp, parent: &str) -> SagaView {
+    let view = app
+        .wait_until(parent, "a child started", |v| {
+            !v.steps[0].child_saga_id.is_empty()
+        })
+        .await
+        .saga
+        .expect("view");
+    let child = view.steps[0].child_saga_id.clone();
+    for _ in 0..200 {
+        if let Ok(found) = app
+            .client
+            .clone()
+            .get_saga(GetSagaRequest {
+                saga_id: child.clone(),
+            })
+            .await
+        {
+            return found.into_inner().saga.expect("view");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("child saga {child} was never created");
+}
+
+async fn events(app: &TestApp, saga: &str, kind: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM saga_events WHERE saga_id = $1::uuid AND kind = $2")
+        .bind(saga)
+        .bind(kind)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_completed_child_is_the_steps_success_and_is_compensated_with_its_parent() {
+    let (app, _dir) = app().await;
+    let mut client = app.client.clone();
+    let parent = start(&app, "ann@example.com").await;
+    let child = child_of(&app, &parent).await;
+    assert_eq!(child.saga_type, "kid");
+    assert_eq!(
+        (child.parent_saga_id.as_str(), child.parent_step),
+        (parent.as_str(), Some(0))
+    );
+    assert_eq!(child.state(), SagaState::Running);
+    assert_eq!(app.view(&parent).await.steps[0].kind, "child");
+
+    client
+        .signal_saga(SignalSagaRequest {
+            saga_id: child.saga_id.clone(),
+            signal: "go".into(),
+            payload_json: String::new(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("signal");
+    app.wait_for(&child.saga_id, SagaState::Completed).await;
+    app.wait_until(&parent, "at the review", |v| v.current_step == "review")
+        .await;
+
+    client
+        .decide_approval(authed(
+            DecideApprovalRequest {
+                saga_id: parent.clone(),
+                approved: false,
+                reason: "not this one".into(),
+                step_index: None,
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .expect("rejected");
+    let view = app.wait_for(&parent, SagaState::Compensated).await;
+    let step = view.steps[0]
+        .compensation
+        .clone()
+        .expect("a child step is compensable");
+    assert_eq!(step.status(), saga_proto::v1::PhaseStatus::Succeeded);
+    let kid = app.wait_for(&child.saga_id, SagaState::Compensated).await;
+    assert!(
+        kid.failure_reason.contains("compensated by its parent"),
+        "{}",
+        kid.failure_reason
+    );
+    assert_eq!(events(&app, &parent, "child_started").await, 1);
+    assert_eq!(
+        events(&app, &parent, "child_ended").await,
+        2,
+        "completed, then compensated"
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_inputs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(pending, 0, "every input was applied and removed");
+}
+
+#[tokio::test]
+async fn aborting_the_parent_stops_its_running_child_and_a_child_that_cannot_start_fails_the_step() {
+    let (app, _dir) = app().await;
+    let mut client = app.client.clone();
+    let parent = start(&app, "bob@example.com").await;
+    let child = child_of(&app, &parent).await;
+    client
+        .abort_saga(authed(
+            AbortSagaRequest {
+                saga_id: parent.clone(),
+                reason: "customer left".into(),
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .expect("aborted");
+    app.wait_for(&child.saga_id, SagaState::Compensated).await;
+    app.wait_for(&parent, SagaState::Compensated).await;
+
+    // The parent's input is a string; the child's is an e-mail address.
+    let parent = start(&app, "not-an-address").await;
+    let view = app.wait_for(&parent, SagaState::Compensated).await;
+    assert!(
+        view.failure_reason
+            .contains("did not start: its input does not fit kid v1")
+            && view.failure_reason.contains("email"),
+        "{}",
+        view.failure_reason
+    );
+    assert!(
+        view.steps[0].child_saga_id.len() == 36,
+        "the id it would have had is recorded"
+    );
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE parent_id = $1::uuid")
+        .bind(&parent)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(created, 0, "no child was created");
+}
