@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
-use saga_proto::v1::{GetSagaRequest, SagaEvent, SagaState, SagaView, StartSagaRequest};
+use saga_proto::v1::{DecideApprovalRequest, GetSagaRequest, SagaEvent, SagaState, SagaView, StartSagaRequest};
 use tonic::transport::Channel;
 
 #[derive(Clone)]
@@ -43,6 +43,38 @@ impl Orchestrator {
             .await
             .map_err(|s| anyhow::anyhow!("StartSaga {saga_type}: {}: {}", s.code(), s.message()))?;
         Ok(response.into_inner().saga_id)
+    }
+
+    /// An operator's approval (`approved`) or rejection of a saga waiting at an approval step.
+    pub async fn decide_approval(
+        &self,
+        saga_id: &str,
+        approved: bool,
+        reason: &str,
+        operator_token: &str,
+    ) -> anyhow::Result<SagaView> {
+        let mut request = tonic::Request::new(DecideApprovalRequest {
+            saga_id: saga_id.into(),
+            approved,
+            reason: reason.into(),
+            step_index: None,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {operator_token}")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the operator token is not valid in a header"))?,
+        );
+        let response = self
+            .client
+            .clone()
+            .decide_approval(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("DecideApproval {saga_id}: {}: {}", s.code(), s.message()))?;
+        response
+            .into_inner()
+            .saga
+            .ok_or_else(|| anyhow::anyhow!("DecideApproval {saga_id}: no saga in the answer"))
     }
 
     /// Starts a saga as a careful client does: with `key` as its idempotency key, and again with

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use saga_engine::{DefinitionError, SagaDefinition};
+use saga_engine::{DefinitionError, SagaDefinition, StepKind};
 use serde::Deserialize;
 
 const BUILTIN: &str = include_str!("../../sagas.toml");
@@ -167,7 +167,8 @@ impl Catalog {
     pub(crate) fn participant_topics(&self) -> BTreeSet<&str> {
         self.versions
             .values()
-            .flat_map(|d| d.steps.iter().map(|s| s.participant.as_str()))
+            .flat_map(|d| d.steps.iter().filter(|s| s.kind() == StepKind::Participant))
+            .map(|s| s.participant.as_str())
             .collect()
     }
 }
@@ -245,7 +246,9 @@ mod tests {
     #[test]
     fn builtin_catalog_has_the_demo_sagas() {
         let c = Catalog::builtin().expect("built-in catalog is valid");
-        assert_eq!(c.names(), vec!["publish_post", "register_user"]);
+        assert_eq!(c.names(), vec!["moderated_post", "publish_post", "register_user"]);
+        let moderated = c.latest("moderated_post").expect("moderated_post");
+        assert_eq!(moderated.stages(), vec![0..2, 2..3, 3..4], "quota and draft in parallel");
         let publish = c.latest("publish_post").expect("publish_post");
         assert!(publish.is_pivot(2), "confirm_post is the pivot");
         assert!(!publish.is_pivot(0) && !publish.is_pivot(1));

@@ -288,7 +288,8 @@ impl Auditor {
         for saga in sagas {
             let definition = self.catalog().get(&saga.saga_type, saga.definition_version);
             if let Some(d) = definition {
-                for step in &d.steps {
+                // Waits and child steps have no participant (a child is audited as its own saga).
+                for step in d.steps.iter().filter(|s| s.kind() == saga_engine::StepKind::Participant) {
                     if !topics.contains_key(step.participant.as_str()) {
                         unaudited.insert(step.participant.clone());
                     }
