@@ -57,7 +57,7 @@ wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"
 
 log "running the demo"
 status=0
-"$bin/demo" --orchestrator "http://127.0.0.1:$GRPC_PORT" || status=$?
+DEMO_OPERATOR_TOKEN="$DEV_OPERATOR_TOKEN" "$bin/demo" --orchestrator "http://127.0.0.1:$GRPC_PORT" || status=$?
 if $once; then
     exit "$status"
 fi

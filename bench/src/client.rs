@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
-use saga_proto::v1::{DecideApprovalRequest, GetSagaRequest, SagaEvent, SagaState, SagaView, StartSagaRequest};
+use saga_proto::v1::{
+    DecideApprovalRequest, GetSagaRequest, SagaEvent, SagaState, SagaView, StartSagaRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Clone)]
@@ -43,6 +45,26 @@ impl Orchestrator {
             .await
             .map_err(|s| anyhow::anyhow!("StartSaga {saga_type}: {}: {}", s.code(), s.message()))?;
         Ok(response.into_inner().saga_id)
+    }
+
+    /// The generated gRPC client, for calls this wrapper does not cover.
+    pub fn raw(&self) -> SagaOrchestratorClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Waits until the saga is at step `step` (e.g. waiting for an approval).
+    pub async fn wait_at_step(&self, id: &str, step: &str, timeout: Duration) -> anyhow::Result<SagaView> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.get(id).await?;
+            if view.current_step == step {
+                return Ok(view);
+            }
+            if is_terminal(view.state) || Instant::now() >= deadline {
+                anyhow::bail!("saga {id} never waited at `{step}`: {}", describe(&view));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// An operator's approval (`approved`) or rejection of a saga waiting at an approval step.

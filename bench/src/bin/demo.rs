@@ -1,5 +1,7 @@
 //! The README's demo: drives a mix of real sagas through the orchestrator's gRPC API — some that
-//! succeed and some that compensate for each business rule — then prints every saga's final state
+//! succeed and some that compensate for each business rule, and `moderated_post` sagas (quota and
+//! draft in parallel, then a moderator) approved, rejected, left to time out and skipped for a
+//! trusted author — then prints every saga's final state
 //! and runs the orchestrator's consistency audit (`RunAudit`: every saga against the
 //! participants' ledgers, their own checks, and the cross-checks of users against their author
 //! replicas and of post counts against posts).
@@ -16,7 +18,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(about = "Run a mix of register_user and publish_post sagas and check the databases agree")]
+#[command(
+    about = "Run a mix of register_user, publish_post and moderated_post sagas and check the databases agree"
+)]
 struct Args {
     #[arg(long, env = "DEMO_ORCHESTRATOR", default_value = "http://127.0.0.1:50051")]
     orchestrator: String,
@@ -27,6 +31,9 @@ struct Args {
     /// How long to wait for the sagas to finish.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// An operator credential of the orchestrator, to approve and reject the moderated posts.
+    #[arg(long, env = "DEMO_OPERATOR_TOKEN")]
+    operator_token: String,
 }
 
 struct Case {
@@ -194,6 +201,48 @@ async fn main() -> anyhow::Result<()> {
     }
     let published = run_cases(&o, "publish_post", cases, timeout).await?;
 
+    // --- moderated_post: quota and draft at once, then a moderator (unless the author is trusted) ---
+    let moderated = |title: &str, user: &str, trusted: bool| json!({"user_id": user, "title": title, "body": "Moderated by the demo.", "trusted": trusted});
+    let approved = o
+        .start("moderated_post", moderated("Sagas in parallel", bob, false), "")
+        .await?;
+    let rejected = o
+        .start("moderated_post", moderated("Cheap watches!!!", carol, false), "")
+        .await?;
+    let ignored = o
+        .start("moderated_post", moderated("Nobody looked", bob, false), "")
+        .await?;
+    let trusted = o
+        .start("moderated_post", moderated("A trusted author", carol, true), "")
+        .await?;
+    for id in [&approved, &rejected, &ignored] {
+        o.wait_at_step(id, "moderate", timeout).await?;
+    }
+    o.decide_approval(&approved, true, "reads well", &args.operator_token)
+        .await?;
+    o.decide_approval(&rejected, false, "spam", &args.operator_token)
+        .await?;
+    println!("\n(one moderated post is left to wait out its 20-second moderation…)");
+    let cases = vec![
+        Case {
+            what: "Bob: approved by the moderator".into(),
+            saga_id: approved,
+        },
+        Case {
+            what: "Carol: rejected by the moderator".into(),
+            saga_id: rejected,
+        },
+        Case {
+            what: "Bob: no moderator answered in time".into(),
+            saga_id: ignored,
+        },
+        Case {
+            what: "Carol, trusted: no moderation needed".into(),
+            saga_id: trusted,
+        },
+    ];
+    let moderated = run_cases(&o, "moderated_post", cases, timeout).await?;
+
     // The legacy user never got an author replica; take it out again so the databases can agree.
     sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(legacy)
@@ -237,7 +286,11 @@ async fn main() -> anyhow::Result<()> {
             "compensated",
         ]
         && published[5..].iter().filter(|s| *s == "completed").count() == 3
-        && published[5..].iter().filter(|s| *s == "compensated").count() == 1;
+        && published[5..].iter().filter(|s| *s == "compensated").count() == 1
+        && expected(
+            &moderated,
+            &["completed", "compensated", "compensated", "completed"],
+        );
     if report.consistent() {
         println!(
             "  OK: every saga is terminal and agrees with the participants' ledgers; users and authors agree; post counts match posts"

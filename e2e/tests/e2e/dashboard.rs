@@ -242,7 +242,7 @@ async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
         get(&format!("{base}/api/session"), None).await,
         (
             200,
-            json!({"reads_protected": false, "identity": null, "saga_types": ["moderated_post", "publish_post", "register_user"]})
+            json!({"reads_protected": false, "identity": null, "saga_types": ["moderated_post", "onboard_author", "publish_post", "register_user"]})
         )
     );
     assert_eq!(

@@ -5,6 +5,7 @@
 mod audit;
 mod broker;
 mod consistency;
+mod constructs;
 mod dashboard;
 mod failures;
 mod faults;

@@ -141,6 +141,11 @@ impl Catalog {
                 .any(|(_, c)| c.saga == to || self.starts(&c.saga, to, depth + 1))
     }
 
+    /// Every version of every saga type, in no particular order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &SagaDefinition> {
+        self.versions.values().map(AsRef::as_ref)
+    }
+
     /// The version new sagas of this type start on.
     pub(crate) fn latest(&self, name: &str) -> Option<&Arc<SagaDefinition>> {
         self.latest.get(name)
@@ -246,9 +251,21 @@ mod tests {
     #[test]
     fn builtin_catalog_has_the_demo_sagas() {
         let c = Catalog::builtin().expect("built-in catalog is valid");
-        assert_eq!(c.names(), vec!["moderated_post", "publish_post", "register_user"]);
+        assert_eq!(
+            c.names(),
+            vec![
+                "moderated_post",
+                "onboard_author",
+                "publish_post",
+                "register_user"
+            ]
+        );
         let moderated = c.latest("moderated_post").expect("moderated_post");
-        assert_eq!(moderated.stages(), vec![0..2, 2..3, 3..4], "quota and draft in parallel");
+        assert_eq!(
+            moderated.stages(),
+            vec![0..2, 2..3, 3..4],
+            "quota and draft in parallel"
+        );
         let publish = c.latest("publish_post").expect("publish_post");
         assert!(publish.is_pivot(2), "confirm_post is the pivot");
         assert!(!publish.is_pivot(0) && !publish.is_pivot(1));

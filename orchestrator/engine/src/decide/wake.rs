@@ -27,7 +27,7 @@ impl Machine<'_> {
                     });
                     let waited_for = match &wait.signal {
                         Some(signal) => format!("signal `{signal}`"),
-                        None => "an approval".to_string(),
+                        None => "approval".to_string(),
                     };
                     if continued {
                         let rec = self.record(step, phase);

@@ -289,7 +289,11 @@ impl Auditor {
             let definition = self.catalog().get(&saga.saga_type, saga.definition_version);
             if let Some(d) = definition {
                 // Waits and child steps have no participant (a child is audited as its own saga).
-                for step in d.steps.iter().filter(|s| s.kind() == saga_engine::StepKind::Participant) {
+                for step in d
+                    .steps
+                    .iter()
+                    .filter(|s| s.kind() == saga_engine::StepKind::Participant)
+                {
                     if !topics.contains_key(step.participant.as_str()) {
                         unaudited.insert(step.participant.clone());
                     }

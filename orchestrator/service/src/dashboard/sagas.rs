@@ -4,12 +4,16 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use saga_engine::{EngineError, Input, Replayability, SagaState, decide, replayability};
+use saga_engine::{
+    EngineError, Input, Replayability, SagaDefinition, SagaState, StepKind, decide, replayability,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Body, Dashboard, Params, authorization, given, page_limit};
-use crate::api::request::{self, AbortRequest, ListRequest, ReplayRequest, RetryRequest};
+use crate::api::request::{
+    self, AbortRequest, ApprovalRequest, ListRequest, ReplayRequest, RetryRequest, SignalRequest,
+};
 use crate::api::{ApiError, planned};
 use crate::store::{ListFilter, StoredSaga};
 
@@ -113,7 +117,9 @@ fn availability(d: &Dashboard, stored: &StoredSaga, input: &Input) -> Value {
     match decide(def, &stored.saga, input, coordinator.now()) {
         Ok(decision) if decision.changed => json!({"allowed": true, "commands": decision.commands.len()}),
         Ok(_) => json!({"allowed": false, "why": "nothing to do"}),
-        Err(EngineError::NotAllowed(why)) => json!({"allowed": false, "why": why}),
+        Err(EngineError::NotAllowed(why) | EngineError::Invalid(why)) => {
+            json!({"allowed": false, "why": why})
+        }
         Err(e) => json!({"allowed": false, "why": e.to_string()}),
     }
 }
@@ -153,11 +159,14 @@ pub(super) async fn detail(
                 }
                 v
             };
+            let mut shape = step.map(|st| step_shape(def.map(AsRef::as_ref), i, st)).unwrap_or_else(|| json!({}));
+            shape["child_saga_id"] = json!(rec.child);
             json!({
                 "index": i,
                 "name": step.map(|s| s.name.as_str()).unwrap_or_default(),
                 "participant": step.map(|s| s.participant.as_str()).unwrap_or_default(),
-                "pivot": rec.compensation.is_none(),
+                "pivot": step.is_some_and(|s| s.is_pivot()),
+                "shape": shape,
                 "action": phase(&rec.action, "action", step.map(|s| s.action.as_str())),
                 "compensation": rec.compensation.as_ref().map(|c| phase(c, "compensation", step.and_then(|s| s.compensation.as_deref()))),
             })
@@ -184,12 +193,14 @@ pub(super) async fn detail(
         "created_at": s.created_at,
         "updated_at": s.updated_at,
         "context": s.context,
+        "parent": s.parent.map(|p| json!({"saga_id": p.saga, "step": p.step})),
         "steps": steps,
         "history": history.iter().map(|h| json!({"seq": h.id, "at": h.at, "kind": h.kind, "actor": h.actor, "data": h.data.0})).collect::<Vec<_>>(),
         "actions": {
             "replay": replay,
             "retry": availability(&d, &stored, &Input::RetryStep { step: None, reason: reason.clone() }),
-            "abort": availability(&d, &stored, &Input::Abort { reason }),
+            "abort": availability(&d, &stored, &Input::Abort { reason: reason.clone() }),
+            "approve": availability(&d, &stored, &Input::Approval { step: None, approved: true, by: String::new(), reason }),
         },
     }))
     .into_response())
@@ -270,4 +281,147 @@ pub(super) async fn abort(
 fn acted(d: &Dashboard, applied: &crate::coordinator::Applied) -> Result<Response, ApiError> {
     let commands = planned(&applied.commands, d.api.coordinator().topic_prefix());
     Ok(axum::Json(json!({"state": applied.state, "commands": commands})).into_response())
+}
+
+/// How a step of a definition is drawn: its kind, its stage (steps of one stage run side by side),
+/// its condition, what a wait waits for, the child saga type.
+pub(super) fn step_shape(
+    def: Option<&SagaDefinition>,
+    index: usize,
+    step: &saga_engine::StepDefinition,
+) -> Value {
+    let stage = def.and_then(|d| d.stages().iter().position(|s| s.contains(&index)));
+    let (kind, waits_for, child_type) = match step.kind() {
+        StepKind::Participant => ("participant", None, None),
+        StepKind::Wait(w) => (
+            "wait",
+            Some(
+                w.signal
+                    .clone()
+                    .map_or_else(|| "approval".to_owned(), |s| format!("signal {s}")),
+            ),
+            None,
+        ),
+        StepKind::Child(c) => ("child", None, Some(c.saga.clone())),
+    };
+    json!({
+        "kind": kind,
+        "stage": stage,
+        "group": step.group,
+        "when": step.when,
+        "waits_for": waits_for,
+        "timeout_ms": step.wait.as_ref().map(|w| w.timeout_ms),
+        "on_timeout": step.wait.as_ref().map(|w| w.on_timeout),
+        "child_saga_type": child_type,
+        "pivot": step.is_pivot(),
+        "action": step.action,
+        "compensation": step.compensation,
+        "participant": step.participant,
+    })
+}
+
+/// `POST /api/sagas/{id}/approve` and `…/reject`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApprovalBody {
+    #[serde(default)]
+    reason: String,
+    /// The approval step; needed only when several wait at once.
+    step: Option<u32>,
+}
+
+async fn decide_approval(
+    d: Dashboard,
+    headers: HeaderMap,
+    id: String,
+    approved: bool,
+    body: Result<Body<ApprovalBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let applied = d
+        .api
+        .approval(&caller, ApprovalRequest::parse(&id, approved, b.step, &b.reason)?)
+        .await?;
+    acted(&d, &applied)
+}
+
+pub(super) async fn approve(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<ApprovalBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    decide_approval(d, headers, id, true, body).await
+}
+
+pub(super) async fn reject(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<ApprovalBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    decide_approval(d, headers, id, false, body).await
+}
+
+/// `POST /api/sagas/{id}/signal`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SignalBody {
+    #[serde(default)]
+    signal: String,
+    /// A JSON object; `{}` when left out.
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+/// Like gRPC's SignalSaga: no operator credential (signals come from services).
+pub(super) async fn signal(
+    State(d): State<Dashboard>,
+    Path(id): Path<String>,
+    body: Result<Body<SignalBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let Body(b) = body?;
+    let payload = b.payload.map(|p| p.to_string()).unwrap_or_default();
+    let applied = d
+        .api
+        .signal(SignalRequest::parse(
+            &id,
+            &b.signal,
+            &payload,
+            &b.idempotency_key,
+        )?)
+        .await?;
+    acted(&d, &applied)
+}
+
+/// `GET /api/definitions`: every version of every saga type, with its steps drawn as stages.
+pub(super) async fn definitions(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    d.api.reader(authorization(&headers))?;
+    let catalog = d.api.coordinator().catalog();
+    let mut all: Vec<&SagaDefinition> = catalog.all().collect();
+    all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+    let defs: Vec<Value> = all
+        .into_iter()
+        .map(|def| {
+            json!({
+                "name": def.name,
+                "version": def.version,
+                "description": def.description,
+                "latest": catalog.latest(&def.name).is_some_and(|l| l.version == def.version),
+                "steps": def.steps.iter().enumerate().map(|(i, st)| {
+                    let mut shape = step_shape(Some(def), i, st);
+                    shape["index"] = json!(i);
+                    shape["name"] = json!(st.name);
+                    shape
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "definitions": defs })).into_response())
 }

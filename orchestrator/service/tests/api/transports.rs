@@ -3,8 +3,8 @@
 //! same message wherever both name the field alike — and changes nothing.
 
 use saga_proto::v1::{
-    AbortSagaRequest, CancelJobRequest, ReplayCompensationRequest, ReplayCompensationsRequest,
-    RetryStepRequest, SagaFilter,
+    AbortSagaRequest, CancelJobRequest, DecideApprovalRequest, ReplayCompensationRequest,
+    ReplayCompensationsRequest, RetryStepRequest, SagaFilter, SignalSagaRequest,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -31,6 +31,8 @@ enum Action {
     Abort,
     BulkReplay,
     CancelJob,
+    Approve,
+    Signal,
 }
 
 /// One bad request, as each transport carries it.
@@ -117,6 +119,34 @@ async fn grpc(app: &TestApp, case: &Case) -> tonic::Status {
             ))
             .await
             .map(|_| ()),
+        Action::Approve => c
+            .decide_approval(wrap(
+                case.token,
+                DecideApprovalRequest {
+                    saga_id: case.target.clone(),
+                    approved: true,
+                    reason: s("reason"),
+                    step_index: case.body["step"].as_u64().map(|s| s as u32),
+                },
+            ))
+            .await
+            .map(|_| ()),
+        Action::Signal => c
+            .signal_saga(wrap(
+                case.token,
+                SignalSagaRequest {
+                    saga_id: case.target.clone(),
+                    signal: s("signal"),
+                    payload_json: if case.body["payload"].is_null() {
+                        String::new()
+                    } else {
+                        case.body["payload"].to_string()
+                    },
+                    idempotency_key: s("idempotency_key"),
+                },
+            ))
+            .await
+            .map(|_| ()),
     };
     result.expect_err(case.what)
 }
@@ -129,6 +159,8 @@ async fn http(app: &TestApp, case: &Case) -> (u16, String) {
         Action::Abort => format!("{base}/api/sagas/{}/abort", case.target),
         Action::BulkReplay => format!("{base}/api/jobs"),
         Action::CancelJob => format!("{base}/api/jobs/{}/cancel", case.target),
+        Action::Approve => format!("{base}/api/sagas/{}/approve", case.target),
+        Action::Signal => format!("{base}/api/sagas/{}/signal", case.target),
     };
     let mut request = reqwest::Client::new().post(url).json(&case.body);
     if let Some(t) = case.token {
@@ -375,6 +407,101 @@ async fn the_same_bad_request_gets_the_same_status_over_grpc_and_http_for_every_
             &ended,
             json!({"reason": "r"}),
             Code::FailedPrecondition,
+        ),
+    ]);
+
+    let approve = |what, token, target: &str, body: Value, expected| Case {
+        action: Action::Approve,
+        what,
+        token,
+        target: target.to_owned(),
+        body,
+        expected,
+        same_message: true,
+    };
+    cases.extend([
+        approve(
+            "approve: no credential",
+            None,
+            &done,
+            json!({"reason": "r"}),
+            Code::Unauthenticated,
+        ),
+        approve(
+            "approve: a reader's token",
+            Some(READER_TOKEN),
+            &done,
+            json!({"reason": "r"}),
+            Code::PermissionDenied,
+        ),
+        approve(
+            "approve: no reason",
+            Some(OPERATOR_TOKEN),
+            &done,
+            json!({}),
+            Code::InvalidArgument,
+        ),
+        approve(
+            "approve: a malformed saga id",
+            Some(OPERATOR_TOKEN),
+            "nope",
+            json!({"reason": "r"}),
+            Code::InvalidArgument,
+        ),
+        approve(
+            "approve: an unknown saga",
+            Some(OPERATOR_TOKEN),
+            &missing,
+            json!({"reason": "r"}),
+            Code::NotFound,
+        ),
+        approve(
+            "approve: a saga type without an approval step",
+            Some(OPERATOR_TOKEN),
+            &done,
+            json!({"reason": "r"}),
+            Code::InvalidArgument,
+        ),
+    ]);
+    let signal = |what, target: &str, body: Value, expected| Case {
+        action: Action::Signal,
+        what,
+        token: None,
+        target: target.to_owned(),
+        body,
+        expected,
+        same_message: true,
+    };
+    cases.extend([
+        signal(
+            "signal: a malformed saga id",
+            "nope",
+            json!({"signal": "go"}),
+            Code::InvalidArgument,
+        ),
+        signal(
+            "signal: no signal name",
+            &done,
+            json!({"signal": " "}),
+            Code::InvalidArgument,
+        ),
+        signal(
+            "signal: an unknown saga",
+            &missing,
+            json!({"signal": "go"}),
+            Code::NotFound,
+        ),
+        signal(
+            "signal: a payload that is not an object",
+            &done,
+            json!({"signal": "go", "payload": [1]}),
+            Code::InvalidArgument,
+        ),
+        signal(
+            "signal: a signal the definition does not declare",
+            &done,
+            json!({"signal": "go"}),
+            Code::InvalidArgument,
         ),
     ]);
 

@@ -5,6 +5,7 @@
 //   #/jobs             operator jobs (bulk replays), newest first
 //   #/jobs/<id>        one job: its progress and the result for each saga it handled
 //   #/consistency      the consistency audit: the last report, and a button to run one
+//   #/definitions      every version of every saga type, drawn as a graph
 // Every value from the server reaches the page through textContent (never innerHTML).
 'use strict';
 
@@ -185,6 +186,7 @@ async function route() {
   document.getElementById('nav-sagas').toggleAttribute('aria-current', false);
   document.getElementById('nav-consistency').toggleAttribute('aria-current', false);
   document.getElementById('nav-jobs').toggleAttribute('aria-current', false);
+  document.getElementById('nav-definitions').toggleAttribute('aria-current', false);
   clearTimeout(jobsTimer);
   const detail = path.match(/^\/sagas\/([0-9a-fA-F-]+)$/);
   const job = path.match(/^\/jobs\/([0-9a-fA-F-]+)$/);
@@ -197,6 +199,9 @@ async function route() {
   } else if (detail) {
     document.getElementById('nav-sagas').setAttribute('aria-current', 'page');
     await detailPage(detail[1]);
+  } else if (path === '/definitions') {
+    document.getElementById('nav-definitions').setAttribute('aria-current', 'page');
+    await definitionsPage();
   } else if (path === '/consistency') {
     document.getElementById('nav-consistency').setAttribute('aria-current', 'page');
     await consistencyPage();
@@ -582,6 +587,57 @@ function describe(e) {
   return bits.join(' · ');
 }
 
+// ---------- the saga as a graph ----------
+
+// What a step is, in a few words: its kind, what a wait waits for, its condition, a child's type.
+function shapeWords(sh) {
+  const bits = [];
+  if (sh.kind === 'wait') bits.push('waits for ' + (sh.waits_for === 'approval' ? 'an approval' : sh.waits_for));
+  if (sh.kind === 'child') bits.push('child saga ' + sh.child_saga_type);
+  if (sh.kind === 'participant') bits.push(sh.action + (sh.compensation ? ' / ' + sh.compensation : ' (pivot)'));
+  if (sh.when) bits.push('when ' + sh.when);
+  return bits.join(' · ');
+}
+
+// The steps as stages, top to bottom; the branches of a parallel group side by side. `steps` are
+// the saga's steps (with their status) or a definition's (without).
+function graph(id, steps) {
+  const stages = [];
+  for (const st of steps) {
+    const sh = st.shape || st;
+    const at = sh.stage ?? st.index;
+    if (!stages.length || stages[stages.length - 1].stage !== at) stages.push({ stage: at, group: sh.group, steps: [] });
+    stages[stages.length - 1].steps.push(st);
+  }
+  return h('ol', { class: 'graph', id, 'aria-label': 'Steps as a graph' },
+    stages.map((stage) => h('li', { class: 'stage' + (stage.steps.length > 1 ? ' parallel' : ''), 'data-group': stage.group || '' },
+      stage.steps.length > 1 ? h('div', { class: 'group-label muted' }, 'in parallel: ' + stage.group) : null,
+      h('div', { class: 'branches' }, stage.steps.map((st) => {
+        const sh = st.shape || st;
+        const status = st.action ? st.action.status : null;
+        const waiting = sh.kind === 'wait' && status === 'in_flight';
+        return h('div', { class: 'node' + (waiting ? ' waiting' : ''), 'data-step': st.name, 'data-kind': sh.kind, 'data-status': status || '' },
+          h('div', {}, h('strong', {}, st.name), status ? [' ', badge(status)] : null),
+          h('div', { class: 'line muted' }, shapeWords(sh)),
+          waiting ? h('div', { class: 'line waits' }, 'waiting for ' + (sh.waits_for === 'approval' ? 'an approval' : sh.waits_for) +
+            (st.action.deadline ? ', until ' + when(st.action.deadline) : '')) : null,
+          sh.child_saga_id ? h('div', { class: 'line' }, 'child ', sagaLink(sh.child_saga_id)) : null);
+      })))));
+}
+
+async function definitionsPage() {
+  let r;
+  try { r = await api('/api/definitions'); } catch (e) {
+    show(h('h1', {}, 'Definitions'), failure(e));
+    return;
+  }
+  show(h('h1', {}, 'Definitions'),
+    r.definitions.map((d) => h('section', { class: 'definition', id: `def-${d.name}-v${d.version}` },
+      h('h2', {}, `${d.name} v${d.version}`, d.latest ? h('span', { class: 'muted' }, ' — new sagas start on this version') : null),
+      d.description ? h('p', {}, d.description) : null,
+      graph(`graph-${d.name}-v${d.version}`, d.steps))));
+}
+
 function actionButton(id, label, availability, onClick, danger) {
   const signedIn = session.identity && session.identity.role === 'operator';
   const allowed = availability && availability.allowed;
@@ -603,6 +659,7 @@ async function detailPage(id) {
     h('dt', {}, 'Type'), h('dd', {}, `${x.saga_type} v${x.definition_version}`),
     h('dt', {}, 'State'), h('dd', {}, h('span', { id: 'state-badge', 'data-state': x.state }, badge(x.state))),
     h('dt', {}, 'Step'), h('dd', {}, x.current_step || '—'),
+    x.parent ? [h('dt', {}, 'Parent'), h('dd', { id: 'parent-link' }, sagaLink(x.parent.saga_id), ` (its step ${x.parent.step})`)] : null,
     x.failure_reason ? [h('dt', {}, 'Reason'), h('dd', { id: 'failure-reason' }, x.failure_reason)] : null,
     x.idempotency_key ? [h('dt', {}, 'Idempotency key'), h('dd', { class: 'mono' }, x.idempotency_key)] : null,
     h('dt', {}, 'Created'), h('dd', {}, when(x.created_at)),
@@ -614,7 +671,11 @@ async function detailPage(id) {
     actionButton('act-retry', 'Retry step', x.actions.retry,
       () => confirmAction(x, 'retry', 'Retry step', 'The step whose outcome is unknown is sent again instead of compensating.')),
     actionButton('act-abort', 'Abort', x.actions.abort,
-      () => confirmAction(x, 'abort', 'Abort saga', 'The saga stops and everything it did is compensated.'), true));
+      () => confirmAction(x, 'abort', 'Abort saga', 'The saga stops and everything it did is compensated.'), true),
+    actionButton('act-approve', 'Approve', x.actions.approve,
+      () => confirmAction(x, 'approve', 'Approve', 'The saga goes on past its approval step.')),
+    actionButton('act-reject', 'Reject', x.actions.approve,
+      () => confirmAction(x, 'reject', 'Reject', 'The approval step fails and the saga compensates what it did.'), true));
   const steps = h('table', { id: 'steps' },
     h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Forward action'), h('th', { scope: 'col' }, 'Compensation'))),
     h('tbody', {}, x.steps.map((st) => h('tr', {},
@@ -625,7 +686,7 @@ async function detailPage(id) {
       h('span', { class: 'muted' }, when(e.at)), h('span', {}, e.actor),
       h('span', {}, h('strong', {}, e.kind.replace(/_/g, ' ')), ' ', describe(e)))));
   show(h('h1', {}, 'Saga ', h('span', { class: 'mono' }, x.saga_id.slice(0, 8) + '…')),
-    meta, actions, h('h2', {}, 'Steps'), steps, h('h2', {}, 'Timeline'), timeline);
+    meta, actions, h('h2', {}, 'Graph'), graph('graph', x.steps), h('h2', {}, 'Steps'), steps, h('h2', {}, 'Timeline'), timeline);
   onChange = (change) => { if (!change || change.id === x.saga_id) refreshDetail(); };
   const refreshDetail = debounce(() => detailPage(id), 200);
 }
