@@ -192,6 +192,95 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_a_saga_as_a_graph_and_approves_it_in_the_browser() {
+    let stack = Stack::start().await;
+    let registered = stack.register("gia@example.com", "Gia").await;
+    stack.finish_one(&registered).await;
+    let user = stack.context(&registered, "user_id").await;
+    let id = stack
+        .client
+        .start(
+            "moderated_post",
+            json!({"user_id": user, "title": "Graphs", "body": "text"}),
+            "",
+        )
+        .await
+        .expect("moderated_post starts");
+    stack
+        .client
+        .wait_at_step(&id, "moderate", WAIT)
+        .await
+        .expect("waits for the moderator");
+    let base = &stack.http_url;
+    let b = Browser::start().await;
+
+    // The graph: the two branches of the group side by side in one stage, the wait and what for.
+    b.goto(&format!("{base}/#/sagas/{id}")).await;
+    b.until(
+        "the graph's parallel stage",
+        "document.querySelectorAll('#graph li.stage.parallel .node').length === 2",
+    )
+    .await;
+    assert_eq!(
+        b.texts("#graph li.stage.parallel .node strong").await,
+        ["reserve_quota", "create_post"]
+    );
+    assert!(
+        b.text("#graph .node.waiting[data-step='moderate']")
+            .await
+            .contains("waiting for an approval, until"),
+    );
+    assert!(!b.find("#act-approve").await.is_enabled().await.unwrap());
+    b.screenshot("8-graph.png").await;
+
+    // Approve, signed in, with a reason; the saga goes on and completes, live.
+    b.type_into("#token", OPERATOR_TOKEN).await;
+    b.click("#signin button").await;
+    b.until(
+        "approve enabled",
+        "!document.querySelector('#act-approve').disabled",
+    )
+    .await;
+    b.click("#act-approve").await;
+    b.until(
+        "the confirmation dialog",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    b.type_into("#confirm-reason", "reads well").await;
+    b.click("#confirm-ok").await;
+    b.until(
+        "the saga completed",
+        "document.querySelector('#state-badge')?.dataset.state === 'completed'",
+    )
+    .await;
+    b.find("#timeline li[data-kind='approval_decided'].operator")
+        .await;
+    b.screenshot("9-approved.png").await;
+
+    // The definitions page draws every version; moderated_post with its parallel group.
+    b.click("#nav-definitions").await;
+    b.until(
+        "moderated_post's graph",
+        "document.querySelectorAll('#graph-moderated_post-v1 li.stage.parallel .node').length === 2",
+    )
+    .await;
+    assert!(
+        b.text("#graph-onboard_author-v1")
+            .await
+            .contains("child saga register_user")
+    );
+    b.screenshot("10-definitions.png").await;
+    for name in ["8-graph.png", "9-approved.png", "10-definitions.png"] {
+        let size = std::fs::metadata(screenshot_dir().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(size > 10_000, "{name} looks empty ({size} bytes)");
+    }
+    stack.stop().await;
+}
+
 async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     let url = url.to_owned();
     let mut r = reqwest::Client::new().get(&url);

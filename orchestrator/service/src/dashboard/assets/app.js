@@ -568,6 +568,9 @@ function phaseCell(p, kind) {
 // showing it "pending" forever.
 function compensationCell(st) {
   const c = st.compensation;
+  if (!c && st.shape && st.shape.kind === 'wait') {
+    return h('td', { class: 'phase muted', 'data-phase': 'compensation' }, '— none: a wait has nothing to undo');
+  }
   if (c && st.action.status === 'rejected' && c.status === 'pending') {
     return h('td', { class: 'phase muted not-needed', 'data-phase': 'compensation' },
       h('div', {}, h('strong', {}, c.command_type), ' not needed — the action was refused'));
@@ -631,11 +634,11 @@ async function definitionsPage() {
     show(h('h1', {}, 'Definitions'), failure(e));
     return;
   }
-  show(h('h1', {}, 'Definitions'),
+  show(h('h1', {}, 'Definitions'), h('div', { id: 'definitions' },
     r.definitions.map((d) => h('section', { class: 'definition', id: `def-${d.name}-v${d.version}` },
       h('h2', {}, `${d.name} v${d.version}`, d.latest ? h('span', { class: 'muted' }, ' — new sagas start on this version') : null),
       d.description ? h('p', {}, d.description) : null,
-      graph(`graph-${d.name}-v${d.version}`, d.steps))));
+      graph(`graph-${d.name}-v${d.version}`, d.steps)))));
 }
 
 function actionButton(id, label, availability, onClick, danger) {
