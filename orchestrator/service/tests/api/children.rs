@@ -191,3 +191,63 @@ async fn aborting_the_parent_stops_its_running_child_and_a_child_that_cannot_sta
         .expect("count");
     assert_eq!(created, 0, "no child was created");
 }
+
+/// What sagas owe each other survives a stopped timer loop, and two replicas applying the same
+/// rows at once start each child once.
+#[tokio::test]
+async fn a_child_owed_while_no_timer_runs_is_started_once_by_two_replicas_later() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sagas.toml");
+    std::fs::write(&path, CATALOG).expect("catalog written");
+    let catalog = path.clone();
+    let app = spawn_app_with(|s| {
+        s.catalog_path = Some(catalog);
+        s.timers.enabled = false;
+    })
+    .await;
+    let n = 20;
+    let mut parents = Vec::new();
+    for i in 0..n {
+        parents.push(start(&app, &format!("p{i}@example.com")).await);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM saga_inputs").await, n);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sagas WHERE parent_id IS NOT NULL")
+            .await,
+        0,
+        "no child starts without the loop that applies the inputs"
+    );
+    let (pool, db_url, kafka) = (app.pool.clone(), app.db_url.clone(), app.kafka.clone());
+    app.stop().await;
+
+    let with_timers = |s: &mut saga_orchestrator::Settings| {
+        s.catalog_path = Some(path.clone());
+        s.timers.batch_size = 3;
+    };
+    let first = crate::helpers::spawn_on(pool.clone(), db_url.clone(), kafka.clone(), with_timers).await;
+    let second = crate::helpers::spawn_on(pool, db_url, kafka, with_timers).await;
+    for parent in &parents {
+        child_of(&first, parent).await;
+    }
+    let deadline = std::time::Instant::now() + crate::helpers::WAIT;
+    while first.count("SELECT count(*) FROM saga_inputs").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "inputs never drained");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        first
+            .count("SELECT count(*) FROM sagas WHERE parent_id IS NOT NULL")
+            .await,
+        n,
+        "one child per parent"
+    );
+    assert_eq!(
+        first
+            .count("SELECT count(*) FROM saga_events WHERE kind = 'saga_started' AND actor LIKE 'parent:%'")
+            .await,
+        n,
+        "each child started once"
+    );
+    second.stop().await;
+    first.stop().await;
+}
