@@ -1,9 +1,8 @@
 //! `sagactl`: the command-line client of the saga orchestrator.
 //!
-//! Reads (`get`, `list`, `watch`, `jobs list|get`) and `start` work without a credential unless
-//! the server protects them; the operator actions (`replay`, `retry`, `abort`, `jobs cancel`) need
-//! an operator token
-//! (`--token` or `SAGACTL_TOKEN`). Output is a human table by default, JSON with `--output json`
+//! Reads (`get`, `list`, `watch`, `jobs list|get`), `start` and `signal` work without a credential
+//! unless the server protects them; the operator actions (`replay`, `retry`, `abort`, `approve`,
+//! `reject`, `jobs cancel`) need an operator token (`--token` or `SAGACTL_TOKEN`). Output is a human table by default, JSON with `--output json`
 //! (JSON lines for `watch` and bulk `replay`). Exit codes are listed in `sagactl --help`.
 
 mod audit;
@@ -58,7 +57,7 @@ struct Cli {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "SAGACTL_KEY_FILE", value_name = "PEM", global = true)]
     key_file: Option<PathBuf>,
-    /// Bearer token: an operator's for replay, retry, abort and jobs cancel.
+    /// Bearer token: an operator's for replay, retry, abort, approve, reject and jobs cancel.
     #[arg(long, env = "SAGACTL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Output format.
@@ -124,6 +123,22 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Send a saga the signal one of its waits declares, e.g.
+    /// `sagactl signal <saga id> payment_confirmed --payload '{"payment_ref":"P-1"}'`.
+    Signal {
+        saga_id: String,
+        signal: String,
+        /// The signal's fields as a JSON object.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Idempotency key: the same signal sent again with it applies once.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Approve a saga waiting at an approval step: it goes on.
+    Approve(DecisionArgs),
+    /// Reject a saga waiting at an approval step: the step fails and the saga compensates.
+    Reject(DecisionArgs),
     /// Compare the orchestrator's record of recent sagas with every participant's inbox ledger
     /// and list where they disagree (exit code 9 when they do).
     Audit {
@@ -180,6 +195,18 @@ impl ReplayArgs {
             || self.limit.is_some()
             || self.detach
     }
+}
+
+/// `sagactl approve` and `sagactl reject`.
+#[derive(Args)]
+struct DecisionArgs {
+    saga_id: String,
+    /// The approval step's index; needed only when several approvals wait at once.
+    #[arg(long)]
+    step: Option<u32>,
+    /// Why: recorded in the saga's history (and, for a rejection, its failure reason).
+    #[arg(long)]
+    reason: String,
 }
 
 #[derive(Subcommand)]
@@ -560,6 +587,21 @@ async fn replay(c: &mut Client, args: ReplayArgs, json: bool) -> Result<(), Fail
     Ok(())
 }
 
+/// `sagactl approve` (`approved`) or `sagactl reject`: the operator's decision at an approval wait.
+async fn decide(c: &mut Client, args: DecisionArgs, approved: bool, json: bool) -> Result<(), Failure> {
+    let r = c
+        .decide_approval(pb::DecideApprovalRequest {
+            saga_id: args.saga_id,
+            approved,
+            reason: args.reason,
+            step_index: args.step,
+        })
+        .await?
+        .into_inner();
+    acted(if approved { "approved" } else { "rejected" }, &r, json);
+    Ok(())
+}
+
 fn print_json(v: &Value) {
     println!("{v}");
 }
@@ -740,6 +782,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             acted("aborted", &r, json);
         }
+        Command::Signal {
+            saga_id,
+            signal,
+            payload,
+            key,
+        } => {
+            let r = c
+                .signal_saga(pb::SignalSagaRequest {
+                    saga_id,
+                    signal,
+                    payload_json: payload,
+                    idempotency_key: key.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            acted("signalled", &r, json);
+        }
+        Command::Approve(args) => decide(&mut c, args, true, json).await?,
+        Command::Reject(args) => decide(&mut c, args, false, json).await?,
     }
     Ok(())
 }
@@ -751,11 +812,16 @@ fn acted(verb: &str, r: &pb::OperatorActionResponse, json: bool) {
         out["commands"] = r.commands.iter().map(output::command_json).collect();
         print_json(&out);
     } else {
-        println!(
-            "{verb} {}: now {}; sent {}",
-            v.saga_id,
-            output::state(v.state),
+        // An action can send nothing, e.g. a signal that only moves the saga on to another wait.
+        let sent = if r.commands.is_empty() {
+            "nothing".to_owned()
+        } else {
             output::commands_text(&r.commands)
+        };
+        println!(
+            "{verb} {}: now {}; sent {sent}",
+            v.saga_id,
+            output::state(v.state)
         );
     }
 }

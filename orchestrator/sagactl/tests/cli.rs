@@ -1,12 +1,13 @@
 //! The real `sagactl` binary against the real stack: output, JSON and exit codes, and the operator
-//! scenarios (a parked saga replayed; a bulk replay of 200 parked sagas with a rate limit).
+//! scenarios (a parked saga replayed; a bulk replay of 200 parked sagas with a rate limit; a
+//! moderator's approval and rejection).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 
-use saga_e2e::{OPERATOR_TOKEN, Stack};
-use saga_proto::v1::SagaState;
+use saga_e2e::{OPERATOR_TOKEN, Stack, WAIT};
+use saga_proto::v1::{PhaseStatus, SagaState};
 use serde_json::{Value, json};
 
 struct Out {
@@ -51,6 +52,44 @@ async fn sagactl(server: &str, token: Option<&str>, args: &[&str]) -> Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts a `moderated_post` saga for `user_id` with `sagactl start`; its id.
+async fn start_moderated_post(url: &str, user_id: &str, title: &str) -> String {
+    let payload = json!({"user_id": user_id, "title": title, "body": "text"}).to_string();
+    let out = sagactl(
+        url,
+        None,
+        &["-o", "json", "start", "moderated_post", "--payload", &payload],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["saga_id"].as_str().unwrap().to_owned()
+}
+
+/// Polls the saga until it waits at its `moderate` approval step (the parallel group before it
+/// succeeded).
+async fn wait_for_moderation(stack: &Stack, id: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let view = stack.client.get(id).await.unwrap();
+        let waiting = view.steps.iter().any(|s| {
+            s.name == "moderate" && s.action.as_ref().map(|a| a.status) == Some(PhaseStatus::InFlight as i32)
+        });
+        if view.current_step == "moderate" && waiting {
+            return;
+        }
+        assert_eq!(
+            view.state,
+            SagaState::Running as i32,
+            "saga {id} ended before moderation: {view:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} never waited at `moderate`: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -477,5 +516,117 @@ async fn audit_exits_zero_when_the_records_agree_and_nine_naming_the_saga_when_t
     assert!(bad.stderr.contains("unknown saga type `nope`"), "{}", bad.stderr);
     let bad = sagactl(url, None, &["audit", "--since", "yesterday"]).await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_moderator_approves_one_post_and_rejects_another_and_signals_are_checked() {
+    let (stack, registration) = stack_with_a_registration("mod@example.com", "Mod").await;
+    let url = stack.grpc_url.as_str();
+    let user = stack.context(&registration, "user_id").await;
+    let approved = start_moderated_post(url, &user, "approved post").await;
+    let rejected = start_moderated_post(url, &user, "rejected post").await;
+    wait_for_moderation(&stack, &approved).await;
+    wait_for_moderation(&stack, &rejected).await;
+
+    // A signal is no operator action, but the engine refuses one the definition does not declare.
+    let undeclared = sagactl(url, None, &["signal", &approved, "shipped"]).await;
+    assert_eq!(
+        (undeclared.code, undeclared.stderr.trim()),
+        (
+            5,
+            "error: saga type `moderated_post` v1 declares no signal `shipped` (it declares none)"
+        )
+    );
+    let nobody = sagactl(
+        url,
+        None,
+        &[
+            "signal",
+            "01a20000-0000-7000-8000-000000000000",
+            "shipped",
+            "--payload",
+            "{}",
+            "--key",
+            "k1",
+        ],
+    )
+    .await;
+    assert_eq!(nobody.code, 4, "{}", nobody.stderr);
+
+    // An approval is: no token, no decision.
+    let no_token = sagactl(url, None, &["approve", &approved, "--reason", "fine"]).await;
+    assert_eq!(
+        (no_token.code, no_token.stderr.trim()),
+        (
+            7,
+            "error: operator actions need `authorization: Bearer <operator token>`"
+        )
+    );
+    let no_reason = sagactl(url, Some(OPERATOR_TOKEN), &["approve", &approved, "--reason", ""]).await;
+    assert_eq!(no_reason.code, 5, "{}", no_reason.stderr);
+
+    let out = sagactl(
+        url,
+        Some(OPERATOR_TOKEN),
+        &["-o", "json", "approve", &approved, "--reason", "looks fine"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    assert_eq!(doc["saga_id"], approved.as_str());
+    assert_eq!(doc["state"], "running");
+    assert_eq!(doc["commands"][0]["command"], "ConfirmPost", "{doc:#}");
+    let watch = sagactl(url, None, &["watch", &approved]).await;
+    assert_eq!(watch.code, 0, "{}{}", watch.stdout, watch.stderr);
+    assert!(
+        watch.stdout.lines().last().unwrap().contains("completed"),
+        "{}",
+        watch.stdout
+    );
+    let again = sagactl(
+        url,
+        Some(OPERATOR_TOKEN),
+        &["approve", &approved, "--reason", "twice"],
+    )
+    .await;
+    assert_eq!(
+        again.code, 6,
+        "a completed saga waits for nothing: {}",
+        again.stderr
+    );
+
+    let out = sagactl(
+        url,
+        Some(OPERATOR_TOKEN),
+        &["reject", &rejected, "--reason", "spam", "--step", "2"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("rejected {rejected}: now compensating; sent ")),
+        "{}",
+        out.stdout
+    );
+    let watch = sagactl(url, None, &["watch", &rejected]).await;
+    assert_eq!(watch.code, 0, "{}{}", watch.stdout, watch.stderr);
+    let doc = sagactl(url, None, &["-o", "json", "get", &rejected]).await.json();
+    assert_eq!(doc["state"], "compensated", "{doc:#}");
+    assert_eq!(
+        doc["failure_reason"], "step `moderate` was rejected by ops: spam",
+        "{doc:#}"
+    );
+    let decided: Vec<&Value> = doc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "approval_decided")
+        .collect();
+    assert_eq!(decided.len(), 1, "{doc:#}");
+    assert_eq!(decided[0]["actor"], "operator:ops");
+
+    let report = stack.audit().await;
+    assert!(report.consistent(), "{:?}", report.violations);
     stack.stop().await;
 }
