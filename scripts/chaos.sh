@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The chaos harness: a stack of its own — a PostgreSQL cluster of its own (so restarting it
 # disturbs nothing else), an Apache Kafka broker, two orchestrator replicas, the user service and
-# the post service, each a process — driven with a mixed workload through the gRPC API while the
-# harness SIGKILLs and SIGTERMs services and restarts PostgreSQL and the broker. It then waits for
-# quiet and reports, per fault, what became of every saga (bench/src/bin/chaos.rs); it exits
-# non-zero on any saga lost, applied twice, unfinished or compensated because of a timeout, or on
-# any disagreement between the databases.
+# the post service, each a process — driven with a mixed workload through the gRPC API (every
+# built-in saga type: register_user, publish_post, and moderated_post with its parallel group, a
+# few approved or rejected by the harness as a moderator) while the harness SIGKILLs and SIGTERMs
+# services and restarts PostgreSQL and the broker. It then waits for quiet and reports, per fault
+# and per kind of request, what became of every saga (bench/src/bin/chaos.rs); it exits non-zero
+# on any saga lost, applied twice, unfinished, compensated because of a timeout or otherwise than
+# intended, or on any disagreement between the databases.
 #
 #   scripts/chaos.sh                       # every fault for 90 s each, 30 sagas/s (release build)
 #   scripts/chaos.sh --short               # CI: every fault for 15 s each (debug build)
 #   scripts/chaos.sh --seed 42 --only kill # replay one run's fault schedule; one fault kind
+#
+# CHAOS_BROKER_PORT (default 39292; the controller takes the next port) and CHAOS_PG_PORT (5433)
+# choose the harness's own broker and PostgreSQL cluster; it refuses a broker port already taken.
 #
 # Other arguments pass through to the harness (see `target/release/chaos --help`).
 set -euo pipefail
@@ -18,7 +23,7 @@ cd "$SAGA_ROOT"
 
 CHAOS_PG_CLUSTER=chaos
 CHAOS_PG_PORT="${CHAOS_PG_PORT:-5433}"
-CHAOS_BROKER_PORT="${CHAOS_BROKER_PORT:-39092}"
+CHAOS_BROKER_PORT="${CHAOS_BROKER_PORT:-39292}"
 LOGS="$SAGA_ROOT/target/chaos"
 
 short=false
@@ -30,6 +35,10 @@ $short && args=(--phase-secs 15 --rate 20 "${args[@]}")
 
 ensure_build_tools
 ensure_postgres
+for port in "$CHAOS_BROKER_PORT" "$((CHAOS_BROKER_PORT + 1))"; do
+    port_open 127.0.0.1 "$port" &&
+        die "something already listens on 127.0.0.1:$port; the chaos harness wants a broker of its own (CHAOS_BROKER_PORT)"
+done
 "$SAGA_ROOT/scripts/kafka.sh" install >/dev/null
 
 # A PostgreSQL cluster for the harness alone, created once; the harness stops and starts it.

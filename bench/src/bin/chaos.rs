@@ -9,12 +9,23 @@
 //! - `postgres`: the database server stopped (fast) and started again after 5 s;
 //! - `broker`: the Kafka broker SIGKILLed and started again after 5 s, its log kept.
 //!
-//! Then it waits for quiet and reports, per phase, what became of every saga the API accepted:
-//! completed, compensated by a business rule (as the workload intended), compensated or parked
-//! because a step gave up (timeouts: the target is none), otherwise parked, with an unexpected
-//! outcome, unfinished, or lost (accepted but absent); and the consistency audit of the three
-//! databases, whose post-count checks are what "applied twice" means here. It exits non-zero on
-//! any of lost, applied twice, unfinished, timed out, unexpected, or drift. The fault schedule
+//! The workload (see [`request`]) has every built-in saga type: `register_user`, `publish_post`
+//! (three steps in a line) and `moderated_post` — its quota reservation and draft run in parallel,
+//! so a fault can hit one branch while the other is in flight. Most `moderated_post` sagas are for
+//! a trusted author (no moderator); a few wait for a moderator, which the harness plays: it
+//! approves or rejects them through `DecideApproval` with an operator credential of its own,
+//! against either replica, through the same faults.
+//!
+//! Then it waits for quiet and reports, per phase and per kind of request, what became of every
+//! saga the API accepted: completed, compensated by a business rule or a moderator's rejection (as
+//! the workload intended), compensated or parked because a step gave up (timeouts: the target is
+//! none), otherwise parked, with an unexpected outcome (a moderation that timed out is one),
+//! unfinished, or lost (accepted but absent); and the consistency audit of the three databases,
+//! whose post-count checks are what "applied twice" means here. The audit compares every saga with
+//! the participants' ledgers and checks their data, whatever the saga type — a completed post saga
+//! left a post and a counted slot, a compensated one neither — and the harness checks that it did
+//! compare every `moderated_post` saga (an audit of that type alone). It exits non-zero on any of
+//! lost, applied twice, unfinished, timed out, unexpected, unaudited, or drift. The fault schedule
 //! and the workload come from `--seed`, so a failing run can be replayed.
 
 use std::collections::BTreeMap;
@@ -27,8 +38,11 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use rustix::process::{Pid, Signal, kill_process};
 use saga_bench::audit::{Databases, audit};
-use saga_proto::v1::StartSagaRequest;
+use saga_bench::client::is_terminal;
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
+use saga_proto::v1::{
+    DecideApprovalRequest, GetSagaRequest, PhaseStatus, RunAuditRequest, SagaState, StartSagaRequest,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +67,8 @@ struct Args {
     /// The command that controls that server; `stop` and `start` are appended.
     #[arg(long)]
     pg_ctl: String,
-    #[arg(long, default_value_t = 39092)]
+    /// The broker's port (its controller listens on the next one).
+    #[arg(long, default_value_t = 39292)]
     broker_port: u16,
     /// Sagas started per second.
     #[arg(long, default_value_t = 30.0)]
@@ -164,11 +179,68 @@ enum Expect {
     Refused,
 }
 
+/// What a request of the workload is, for the report's lines per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Register,
+    Publish,
+    /// `moderated_post` with `trusted: true`: the parallel group, no moderator.
+    ModeratedTrusted,
+    /// `moderated_post` for the harness's moderator to approve.
+    ModeratedApproved,
+    /// `moderated_post` for the harness's moderator to reject.
+    ModeratedRejected,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Register,
+        Kind::Publish,
+        Kind::ModeratedTrusted,
+        Kind::ModeratedApproved,
+        Kind::ModeratedRejected,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Register => "register_user",
+            Kind::Publish => "publish_post",
+            Kind::ModeratedTrusted => "moderated_post, trusted (parallel group)",
+            Kind::ModeratedApproved => "moderated_post, approved by the moderator",
+            Kind::ModeratedRejected => "moderated_post, rejected by the moderator",
+        }
+    }
+
+    /// The moderator's decision for this kind, if it needs one.
+    fn decision(self) -> Option<bool> {
+        match self {
+            Kind::ModeratedApproved => Some(true),
+            Kind::ModeratedRejected => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// One accepted saga.
 struct Started {
     id: Uuid,
     phase: usize,
     expect: Expect,
+    kind: Kind,
+}
+
+/// What the harness's moderator did.
+#[derive(Default)]
+struct Moderation {
+    /// Decisions the orchestrator answered OK, approvals and rejections.
+    approved: u64,
+    rejected: u64,
+    /// Sagas whose approval step was no longer waiting when the moderator came to decide: a
+    /// decision whose answer was lost (the replica died after it committed), or a wait that ended
+    /// otherwise (the report shows which).
+    no_longer_waiting: u64,
+    /// Sagas the moderator could not decide within its patience.
+    gave_up: u64,
 }
 
 /// What the harness shares with its tasks.
@@ -177,6 +249,7 @@ struct Shared {
     started: Mutex<Vec<Started>>,
     /// Requests the API refused for good (after retrying on both replicas).
     not_accepted: Mutex<BTreeMap<usize, u64>>,
+    moderation: Mutex<Moderation>,
     phase: std::sync::atomic::AtomicUsize,
 }
 
@@ -219,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
         services: Mutex::new(services(&args, &brokers)),
         started: Mutex::new(Vec::new()),
         not_accepted: Mutex::new(BTreeMap::new()),
+        moderation: Mutex::new(Moderation::default()),
         phase: std::sync::atomic::AtomicUsize::new(0),
     });
     for s in lock(&shared.services).iter_mut() {
@@ -460,51 +534,31 @@ fn services(args: &Args, brokers: &str) -> Vec<Service> {
             restarts: 0,
         }
     };
-    // The orchestrators' consistency audit: the participants' HTTP ports (below) and the demo's
-    // cross-checks.
-    let audit: [(&str, String); 4] = [
-        ("APP_AUDIT__PARTICIPANTS__USERS", "http://127.0.0.1:18163".into()),
-        ("APP_AUDIT__PARTICIPANTS__POSTS", "http://127.0.0.1:18164".into()),
-        (
-            "APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS",
-            "users.users = posts.authors".into(),
-        ),
-        (
-            "APP_AUDIT__CROSS_CHECKS__POST_COUNTS_AGREE",
-            "users.post_counts = posts.post_counts".into(),
-        ),
-    ];
+    // A replica: its ports, the consistency audit (the participants' HTTP ports, below, and the
+    // demo's cross-checks), and the moderator's operator credential.
+    let replica = |grpc: u16, http: u16| {
+        with(
+            "chaos_orchestrator",
+            &[
+                ("APP_GRPC__LISTEN", format!("127.0.0.1:{grpc}")),
+                ("APP_HTTP__LISTEN", format!("127.0.0.1:{http}")),
+                ("APP_AUTH__OPERATORS__CHAOS", MODERATOR_TOKEN.into()),
+                ("APP_AUDIT__PARTICIPANTS__USERS", "http://127.0.0.1:18163".into()),
+                ("APP_AUDIT__PARTICIPANTS__POSTS", "http://127.0.0.1:18164".into()),
+                (
+                    "APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS",
+                    "users.users = posts.authors".into(),
+                ),
+                (
+                    "APP_AUDIT__CROSS_CHECKS__POST_COUNTS_AGREE",
+                    "users.post_counts = posts.post_counts".into(),
+                ),
+            ],
+        )
+    };
     vec![
-        service(
-            "orchestrator-a",
-            "orchestrator",
-            with(
-                "chaos_orchestrator",
-                &[
-                    ("APP_GRPC__LISTEN", "127.0.0.1:50161".into()),
-                    ("APP_HTTP__LISTEN", "127.0.0.1:18161".into()),
-                    audit[0].clone(),
-                    audit[1].clone(),
-                    audit[2].clone(),
-                    audit[3].clone(),
-                ],
-            ),
-        ),
-        service(
-            "orchestrator-b",
-            "orchestrator",
-            with(
-                "chaos_orchestrator",
-                &[
-                    ("APP_GRPC__LISTEN", "127.0.0.1:50162".into()),
-                    ("APP_HTTP__LISTEN", "127.0.0.1:18162".into()),
-                    audit[0].clone(),
-                    audit[1].clone(),
-                    audit[2].clone(),
-                    audit[3].clone(),
-                ],
-            ),
-        ),
+        service("orchestrator-a", "orchestrator", replica(50161, 18161)),
+        service("orchestrator-b", "orchestrator", replica(50162, 18162)),
         service(
             "user-service",
             "user-service",
@@ -622,45 +676,79 @@ fn register(email: &str, name: &str, key: &str) -> StartSagaRequest {
     }
 }
 
-/// The n-th request of the workload and how it should end: half new users, a tenth reusing an
-/// e-mail (refused), three tenths valid posts, a tenth posts with an empty title (refused).
-fn request(w: &Workload, seed: u64, n: usize) -> (StartSagaRequest, Expect) {
+/// A request of the workload: what to start, how it should end, and what it is.
+struct Request {
+    start: StartSagaRequest,
+    expect: Expect,
+    kind: Kind,
+}
+
+/// The n-th request of the workload, in blocks of twenty: eight new users and two reusing an
+/// e-mail (refused); three valid `publish_post` and one with an empty title (refused); three
+/// `moderated_post` for trusted authors (the parallel group, no moderator) and one with an empty
+/// title (the draft refused while the reservation runs beside it, then undone); one each for the
+/// moderator to approve and to reject.
+fn request(w: &Workload, seed: u64, n: usize) -> Request {
     let key = format!("chaos-{seed}-{n}");
     let pick = |v: &Vec<String>| v[(n * 7919) % v.len()].clone();
-    match n % 10 {
-        0..=4 => (
+    let post = |saga_type: &str, title: String, trusted: Option<bool>| {
+        let mut payload = json!({"user_id": pick(&w.users), "title": title, "body": "chaos"});
+        if let Some(trusted) = trusted {
+            payload["trusted"] = json!(trusted);
+        }
+        StartSagaRequest {
+            saga_type: saga_type.into(),
+            payload_json: payload.to_string(),
+            idempotency_key: key.clone(),
+        }
+    };
+    let (start, expect, kind) = match n % 20 {
+        0..=7 => (
             register(
                 &format!("load.{seed}.{n}@example.com"),
                 &format!("Load {seed} {n}"),
                 &key,
             ),
             Expect::Completed,
+            Kind::Register,
         ),
-        5 => (
+        8 | 9 => (
             register(&pick(&w.taken), &format!("Dup {seed} {n}"), &key),
             Expect::Refused,
+            Kind::Register,
         ),
-        k => {
-            let title = if k == 9 {
-                String::new()
-            } else {
-                format!("Post {n}")
-            };
-            let req = StartSagaRequest {
-                saga_type: "publish_post".into(),
-                payload_json: json!({"user_id": pick(&w.users), "title": title, "body": "chaos"}).to_string(),
-                idempotency_key: key,
-            };
-            (
-                req,
-                if k == 9 {
-                    Expect::Refused
-                } else {
-                    Expect::Completed
-                },
-            )
-        }
-    }
+        10..=12 => (
+            post("publish_post", format!("Post {n}"), None),
+            Expect::Completed,
+            Kind::Publish,
+        ),
+        13 => (
+            post("publish_post", String::new(), None),
+            Expect::Refused,
+            Kind::Publish,
+        ),
+        14..=16 => (
+            post("moderated_post", format!("Post {n}"), Some(true)),
+            Expect::Completed,
+            Kind::ModeratedTrusted,
+        ),
+        17 => (
+            post("moderated_post", String::new(), Some(true)),
+            Expect::Refused,
+            Kind::ModeratedTrusted,
+        ),
+        18 => (
+            post("moderated_post", format!("Post {n}"), Some(false)),
+            Expect::Completed,
+            Kind::ModeratedApproved,
+        ),
+        _ => (
+            post("moderated_post", format!("Post {n}"), None),
+            Expect::Refused,
+            Kind::ModeratedRejected,
+        ),
+    };
+    Request { start, expect, kind }
 }
 
 /// Starts a saga on one replica, or the other while it is down; the idempotency key makes a
@@ -685,6 +773,75 @@ async fn start(
     }
 }
 
+/// The operator credential the harness's moderator uses (`APP_AUTH__OPERATORS__CHAOS`).
+const MODERATOR_TOKEN: &str = "chaos-moderator-token-0123456789";
+
+/// How a moderation ended.
+enum Moderated {
+    /// The orchestrator took the decision (answered OK).
+    Decided,
+    /// The approval step was no longer waiting, or the saga had ended.
+    NoLongerWaiting,
+    GaveUp,
+}
+
+/// The harness's moderator for one saga: waits (polling `GetSaga` on either replica) until the
+/// saga waits at its approval step, then approves or rejects it with `DecideApproval`, trying the
+/// replicas in turn while one is down. A decision is not idempotent: when the answer to one is
+/// lost, the next try finds the step no longer waiting, and the saga's end shows what happened.
+/// Gives up after two minutes.
+async fn moderate(clients: &[SagaOrchestratorClient<Channel>], id: Uuid, approve: bool) -> Moderated {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut attempt = 0usize;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        attempt += 1;
+        let mut client = clients[attempt % clients.len()].clone();
+        let view = match client
+            .get_saga(GetSagaRequest {
+                saga_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(r) => match r.into_inner().saga {
+                Some(view) => view,
+                None => continue,
+            },
+            Err(_) => continue,
+        };
+        let wait = view
+            .steps
+            .iter()
+            .find(|s| s.waits_for == "approval")
+            .and_then(|s| s.action.as_ref())
+            .map(|a| a.status);
+        let waiting = wait == Some(PhaseStatus::InFlight as i32) && view.state == SagaState::Running as i32;
+        if !waiting {
+            // Before the wait (the parallel group still running), or past it.
+            if wait == Some(PhaseStatus::Pending as i32) && !is_terminal(view.state) {
+                continue;
+            }
+            return Moderated::NoLongerWaiting;
+        }
+        let mut request = tonic::Request::new(DecideApprovalRequest {
+            saga_id: id.to_string(),
+            approved: approve,
+            reason: if approve { "reads well" } else { "spam" }.into(),
+            step_index: None,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {MODERATOR_TOKEN}")
+                .parse()
+                .expect("a valid header value"),
+        );
+        if client.decide_approval(request).await.is_ok() {
+            return Moderated::Decided;
+        }
+    }
+    Moderated::GaveUp
+}
+
 /// Starts `rate` sagas a second until stopped, each in a task of its own.
 async fn drive(
     shared: Arc<Shared>,
@@ -704,12 +861,35 @@ async fn drive(
             _ = tick.tick() => {}
         }
         let phase = shared.phase.load(std::sync::atomic::Ordering::SeqCst);
-        let (req, expect) = request(&workload, seed, n);
+        let Request {
+            start: req,
+            expect,
+            kind,
+        } = request(&workload, seed, n);
         let (shared, clients) = (shared.clone(), clients.clone());
         tasks.spawn(async move {
-            match start(&clients, n, req).await {
-                Ok(id) => lock(&shared.started).push(Started { id, phase, expect }),
-                Err(_) => *lock(&shared.not_accepted).entry(phase).or_default() += 1,
+            let id = match start(&clients, n, req).await {
+                Ok(id) => id,
+                Err(_) => {
+                    *lock(&shared.not_accepted).entry(phase).or_default() += 1;
+                    return;
+                }
+            };
+            lock(&shared.started).push(Started {
+                id,
+                phase,
+                expect,
+                kind,
+            });
+            if let Some(approve) = kind.decision() {
+                let outcome = moderate(&clients, id, approve).await;
+                let mut m = lock(&shared.moderation);
+                match outcome {
+                    Moderated::Decided if approve => m.approved += 1,
+                    Moderated::Decided => m.rejected += 1,
+                    Moderated::NoLongerWaiting => m.no_longer_waiting += 1,
+                    Moderated::GaveUp => m.gave_up += 1,
+                }
             }
         });
         n += 1;
@@ -717,10 +897,94 @@ async fn drive(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Per phase, what became of every saga; then the audit. True if the run was correct.
 /// Replica a's gRPC API, where the consistency audit is run.
 const ORCHESTRATOR_A: &str = "http://127.0.0.1:50161";
 
+/// What became of one accepted saga, against what the workload intended.
+enum Outcome {
+    /// Completed as intended; start to end in seconds.
+    Completed(f64),
+    /// Compensated by a business rule or a moderator's rejection, as intended.
+    Refused(f64),
+    /// Compensated or parked because a step gave up.
+    TimedOut,
+    /// Parked as failed otherwise.
+    Parked,
+    Unfinished,
+    /// Ended otherwise than intended.
+    Unexpected,
+    Lost,
+}
+
+/// Counts of outcomes: one line of the report.
+#[derive(Default)]
+struct Tally {
+    accepted: u64,
+    completed: u64,
+    refused: u64,
+    timed_out: u64,
+    parked: u64,
+    unexpected: u64,
+    unfinished: u64,
+    lost: u64,
+    /// Start to end of every saga that ended as intended, in seconds.
+    durations: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &Outcome) {
+        self.accepted += 1;
+        match *outcome {
+            Outcome::Completed(secs) => {
+                self.completed += 1;
+                self.durations.push(secs);
+            }
+            Outcome::Refused(secs) => {
+                self.refused += 1;
+                self.durations.push(secs);
+            }
+            Outcome::TimedOut => self.timed_out += 1,
+            Outcome::Parked => self.parked += 1,
+            Outcome::Unfinished => self.unfinished += 1,
+            Outcome::Unexpected => self.unexpected += 1,
+            Outcome::Lost => self.lost += 1,
+        }
+    }
+
+    /// Every saga ended as intended.
+    fn ok(&self) -> bool {
+        self.timed_out == 0
+            && self.parked == 0
+            && self.unexpected == 0
+            && self.unfinished == 0
+            && self.lost == 0
+    }
+
+    fn line(&mut self, what: &str, not_accepted: u64) -> String {
+        self.durations.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            self.durations
+                .get(((self.durations.len().max(1) - 1) as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let durations = format!("{:.2} / {:.2} / {:.2}", q(0.5), q(0.99), q(1.0));
+        format!(
+            "{what:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {not_accepted:>12}  {durations}",
+            self.accepted,
+            self.completed,
+            self.refused,
+            self.timed_out,
+            self.parked,
+            self.unexpected,
+            self.unfinished,
+            self.lost,
+        )
+    }
+}
+
+/// Per phase and per kind of request, what became of every saga; then the audit. True if the run
+/// was correct.
 async fn report(
     shared: &Shared,
     faults: &[Fault],
@@ -734,105 +998,92 @@ async fn report(
     .await?;
     let by_id: BTreeMap<Uuid, (String, Option<String>, f64)> =
         rows.into_iter().map(|(id, s, r, d)| (id, (s, r, d))).collect();
-    #[derive(Default)]
-    struct Tally {
-        accepted: u64,
-        completed: u64,
-        refused: u64,
-        timed_out: u64,
-        parked: u64,
-        unexpected: u64,
-        unfinished: u64,
-        lost: u64,
-        /// Start to end of every saga that ended as intended, in seconds.
-        durations: Vec<f64>,
-    }
-    let mut tallies: Vec<Tally> = faults.iter().map(|_| Tally::default()).collect();
+    let mut by_phase: Vec<Tally> = faults.iter().map(|_| Tally::default()).collect();
+    let mut by_kind: BTreeMap<Kind, Tally> = BTreeMap::new();
     let mut examples: Vec<String> = Vec::new();
     for s in lock(&shared.started).iter() {
-        let t = &mut tallies[s.phase];
-        t.accepted += 1;
-        let Some((state, reason, secs)) = by_id.get(&s.id) else {
-            t.lost += 1;
-            examples.push(format!("lost: {}", s.id));
-            continue;
+        let outcome = match by_id.get(&s.id) {
+            None => Outcome::Lost,
+            Some((state, reason, secs)) => {
+                let reason = reason.as_deref().unwrap_or_default();
+                match (state.as_str(), s.expect) {
+                    ("completed", Expect::Completed) => Outcome::Completed(*secs),
+                    // A business rule's refusal, or a moderator's rejection.
+                    ("compensated", Expect::Refused) if reason.contains("was rejected") => {
+                        Outcome::Refused(*secs)
+                    }
+                    ("compensated" | "failed", _) if reason.contains("gave up after") => Outcome::TimedOut,
+                    ("failed", _) => Outcome::Parked,
+                    ("running" | "compensating", _) => Outcome::Unfinished,
+                    _ => Outcome::Unexpected,
+                }
+            }
         };
-        let reason = reason.as_deref().unwrap_or_default();
-        let timed_out = reason.contains("gave up after");
-        let what = match (state.as_str(), s.expect) {
-            ("completed", Expect::Completed) => {
-                t.completed += 1;
-                t.durations.push(*secs);
-                continue;
-            }
-            ("compensated", Expect::Refused) if reason.contains("was rejected") => {
-                t.refused += 1;
-                t.durations.push(*secs);
-                continue;
-            }
-            ("compensated" | "failed", _) if timed_out => {
-                t.timed_out += 1;
-                "gave up"
-            }
-            ("failed", _) => {
-                t.parked += 1;
-                "parked"
-            }
-            ("running" | "compensating", _) => {
-                t.unfinished += 1;
-                "unfinished"
-            }
-            _ => {
-                t.unexpected += 1;
-                "unexpected"
-            }
+        by_phase[s.phase].add(&outcome);
+        by_kind.entry(s.kind).or_default().add(&outcome);
+        let what = match outcome {
+            Outcome::Completed(_) | Outcome::Refused(_) => continue,
+            Outcome::TimedOut => "gave up",
+            Outcome::Parked => "parked",
+            Outcome::Unfinished => "unfinished",
+            Outcome::Unexpected => "unexpected",
+            Outcome::Lost => "lost",
         };
         if examples.len() < 10 {
-            examples.push(format!("{what}: saga {} {state} ({reason})", s.id));
+            let (state, reason) = by_id
+                .get(&s.id)
+                .map(|(state, reason, _)| (state.as_str(), reason.as_deref().unwrap_or_default()))
+                .unwrap_or(("absent", ""));
+            examples.push(format!(
+                "{what}: {} saga {} {state} ({reason})",
+                s.kind.describe(),
+                s.id
+            ));
         }
     }
     let not_accepted = lock(&shared.not_accepted).clone();
+    let header = |first: &str| {
+        format!(
+            "{first:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {:>12}  duration s p50 / p99 / max",
+            "accepted",
+            "completed",
+            "refused",
+            "timed out",
+            "parked",
+            "unexpected",
+            "unfinished",
+            "lost",
+            "not accepted",
+        )
+    };
     println!();
-    println!(
-        "{:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {:>12}  duration s p50 / p99 / max",
-        "fault",
-        "accepted",
-        "completed",
-        "refused",
-        "timed out",
-        "parked",
-        "unexpected",
-        "unfinished",
-        "lost",
-        "not accepted",
-    );
+    println!("{}", header("fault"));
     let mut ok = true;
-    for (i, (fault, t)) in faults.iter().zip(tallies.iter_mut()).enumerate() {
-        t.durations.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            t.durations
-                .get(((t.durations.len().max(1) - 1) as f64 * p).round() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        let durations = format!("{:.2} / {:.2} / {:.2}", q(0.5), q(0.99), q(1.0));
+    for (i, (fault, t)) in faults.iter().zip(by_phase.iter_mut()).enumerate() {
         println!(
-            "{:<44} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>5} {:>12}  {durations}",
-            fault.describe(),
-            t.accepted,
-            t.completed,
-            t.refused,
-            t.timed_out,
-            t.parked,
-            t.unexpected,
-            t.unfinished,
-            t.lost,
-            not_accepted.get(&i).copied().unwrap_or(0)
+            "{}",
+            t.line(fault.describe(), not_accepted.get(&i).copied().unwrap_or(0))
         );
-        ok &= t.timed_out == 0 && t.parked == 0 && t.unexpected == 0 && t.unfinished == 0 && t.lost == 0;
+        ok &= t.ok();
+    }
+    // The same sagas by kind of request (requests never accepted have no kind here).
+    println!();
+    println!("{}", header("request"));
+    for kind in Kind::ALL {
+        if let Some(t) = by_kind.get_mut(&kind) {
+            println!("{}", t.line(kind.describe(), 0));
+        }
     }
     for e in &examples {
         println!("  {e}");
+    }
+    {
+        let m = lock(&shared.moderation);
+        println!(
+            "moderator: {} approved, {} rejected, {} no longer waiting when decided, {} given up",
+            m.approved, m.rejected, m.no_longer_waiting, m.gave_up
+        );
+        ok &= m.gave_up == 0;
     }
     let restarts: Vec<String> = lock(&shared.services)
         .iter()
@@ -858,5 +1109,53 @@ async fn report(
     for v in audit.violations.iter().take(10) {
         println!("  {v}");
     }
-    Ok(ok && audit.consistent())
+    let parallel = audit_covers(db, started_at, "moderated_post").await?;
+    Ok(ok && audit.consistent() && parallel)
+}
+
+/// The audit compared every saga of `saga_type` the run created with the participants' ledgers:
+/// an audit of that type alone checked as many sagas as the orchestrator's database holds, every
+/// step's topic had a participant to compare with, and nothing was found.
+async fn audit_covers(
+    db: &Databases,
+    started_at: chrono::DateTime<chrono::Utc>,
+    saga_type: &str,
+) -> anyhow::Result<bool> {
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sagas WHERE saga_type = $1 AND created_at >= $2")
+            .bind(saga_type)
+            .bind(started_at)
+            .fetch_one(&db.orchestrator)
+            .await?;
+    let mut client = SagaOrchestratorClient::connect(ORCHESTRATOR_A).await?;
+    let report = client
+        .run_audit(RunAuditRequest {
+            since: Some(prost_types::Timestamp {
+                seconds: started_at.timestamp(),
+                nanos: 0,
+            }),
+            until: None,
+            saga_type: saga_type.into(),
+            unfinished_after_seconds: None,
+        })
+        .await
+        .with_context(|| format!("the audit of {saga_type} (RunAudit)"))?
+        .into_inner();
+    let covered = report.sagas_checked == created as u64
+        && report.unaudited_topics.is_empty()
+        && report.findings.is_empty();
+    println!(
+        "audit of {saga_type} alone: {} of {created} sagas compared with {} ledger entries; steps not audited: {}; \
+         findings: {} — {}",
+        report.sagas_checked,
+        report.ledger_entries,
+        if report.unaudited_topics.is_empty() {
+            "none".to_owned()
+        } else {
+            report.unaudited_topics.join(", ")
+        },
+        report.findings.len(),
+        if covered { "covered" } else { "NOT covered" }
+    );
+    Ok(covered)
 }
