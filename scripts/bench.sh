@@ -7,6 +7,8 @@
 #   scripts/bench.sh --rate 1000 --duration 60        # the throughput target
 #   scripts/bench.sh --mode closed --clients 32       # closed loop
 #   scripts/bench.sh --mix mixed                      # with publish_post and compensations
+#   scripts/bench.sh --mix publish                    # publish_post only: three steps in a line
+#   scripts/bench.sh --mix parallel                   # moderated_post, trusted: two of them at once
 #   scripts/bench.sh --soak                           # 10 minutes at 150/s, mixed, a report a minute
 #   scripts/bench.sh --idle 60                        # no traffic: what the idle stack costs
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust

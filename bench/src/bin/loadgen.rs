@@ -6,6 +6,10 @@
 //! - open loop (`--rate R --duration S`): starts R sagas per second whatever happens, as real
 //!   clients would; the honest way to find the sustainable rate.
 //! - closed loop (`--clients N --duration S`): N clients each start a saga and wait for it to end.
+//!
+//! `--mix` chooses the sagas: `register` (the default), `mixed` (with publish_post and
+//! compensations), `publish` (publish_post only: three steps in a line) and `parallel`
+//! (moderated_post for trusted authors only: the same three steps, the first two in parallel).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -87,6 +91,19 @@ enum Mix {
     /// 50% register_user, 10% register_user with a taken e-mail (compensated), 30% publish_post,
     /// 10% publish_post with an empty title (compensated).
     Mixed,
+    /// Only successful publish_post sagas (three steps in a line) for existing users: the
+    /// straight-line baseline of `parallel`.
+    Publish,
+    /// Only successful moderated_post sagas with `trusted: true`: the same three participant steps
+    /// as publish_post, its first two in parallel (a group), the moderator's wait skipped.
+    Parallel,
+}
+
+impl Mix {
+    /// Whether the workload needs users registered before the load.
+    fn needs_users(self) -> bool {
+        matches!(self, Mix::Mixed | Mix::Publish | Mix::Parallel)
+    }
 }
 
 /// A process (or group of processes) whose CPU and memory are reported.
@@ -390,19 +407,25 @@ impl Workload {
             return register(fresh());
         }
         let pick = |v: &Vec<String>| v[(n as usize * 7919) % v.len()].clone();
-        match n % 10 {
-            0..=4 => register(fresh()),
-            5 => register(pick(&self.taken_emails)),
-            _ => StartSagaRequest {
-                saga_type: "publish_post".into(),
-                payload_json: json!({
-                    "user_id": pick(&self.users),
-                    "title": if n % 10 == 9 { String::new() } else { format!("Post {n}") },
-                    "body": "load",
-                })
-                .to_string(),
+        let post = |saga_type: &str, title: String, trusted: Option<bool>| {
+            let mut payload = json!({"user_id": pick(&self.users), "title": title, "body": "load"});
+            if let Some(trusted) = trusted {
+                payload["trusted"] = json!(trusted);
+            }
+            StartSagaRequest {
+                saga_type: saga_type.into(),
+                payload_json: payload.to_string(),
                 idempotency_key: String::new(),
-            },
+            }
+        };
+        match (self.mix, n % 10) {
+            (Mix::Publish, _) => post("publish_post", format!("Post {n}"), None),
+            (Mix::Parallel, _) => post("moderated_post", format!("Post {n}"), Some(true)),
+            (_, 0..=4) => register(fresh()),
+            (_, 5) => register(pick(&self.taken_emails)),
+            // An empty title: refused by the post service, so the saga compensates.
+            (_, 9) => post("publish_post", String::new(), None),
+            _ => post("publish_post", format!("Post {n}"), None),
         }
     }
 }
@@ -459,7 +482,7 @@ async fn main() -> anyhow::Result<()> {
         .context("orchestrator database")?;
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
 
-    // The mixed workload needs existing users.
+    // The post workloads need existing users.
     let mut workload = Workload {
         mix: args.mix,
         compensate_every: args.compensate_every,
@@ -467,7 +490,7 @@ async fn main() -> anyhow::Result<()> {
         users: vec![],
         taken_emails: vec![],
     };
-    if args.mix == Mix::Mixed {
+    if args.mix.needs_users() {
         let mut ids = vec![];
         for i in 0..100 {
             let email = format!("seed.{run}.{i}@example.com");
@@ -658,6 +681,10 @@ async fn main() -> anyhow::Result<()> {
         ),
         Mix::Register => "register_user".to_owned(),
         Mix::Mixed => "mixed (register, duplicate e-mail, publish, invalid title)".to_owned(),
+        Mix::Publish => "publish_post (three steps in a line)".to_owned(),
+        Mix::Parallel => {
+            "moderated_post, trusted (two steps in parallel, the moderation skipped, the pivot)".to_owned()
+        }
     };
     println!("== load: {what}; {mix}");
     println!(
