@@ -206,6 +206,19 @@ impl PhaseRecord {
         }
     }
 
+    /// Sends the next attempt: in flight from `now` until `deadline` (none for a child saga,
+    /// which ends when the child does). Returns the attempt's number.
+    pub(crate) fn begin_attempt(&mut self, now: DateTime<Utc>, deadline: Option<DateTime<Utc>>) -> u32 {
+        self.attempt += 1;
+        self.status = PhaseStatus::InFlight;
+        self.started_at.get_or_insert(now);
+        self.budget_started_at.get_or_insert(now);
+        self.finished_at = None;
+        self.deadline = deadline;
+        self.retry_at = None;
+        self.attempt
+    }
+
     /// When the current retry budget started (see `budget_started_at`).
     pub fn budget_start(&self) -> Option<DateTime<Utc>> {
         self.budget_started_at.or(self.started_at)

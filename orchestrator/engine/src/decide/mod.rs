@@ -294,15 +294,8 @@ impl<'a> Machine<'a> {
             StepKind::Wait(wait) => {
                 let now = self.now;
                 let deadline = now + TimeDelta::milliseconds(wait.timeout_ms as i64);
-                let rec = self.record(step, Phase::Action);
-                rec.attempt += 1;
-                rec.status = PhaseStatus::InFlight;
-                rec.started_at.get_or_insert(now);
-                rec.budget_started_at = Some(now);
-                rec.finished_at = None;
-                rec.deadline = Some(deadline);
-                rec.retry_at = None;
-                rec.last_error = None;
+                self.record(step, Phase::Action)
+                    .begin_attempt(now, Some(deadline));
                 self.events.push(Event::WaitStarted {
                     step,
                     name: self.name(step),
@@ -313,16 +306,7 @@ impl<'a> Machine<'a> {
             }
             StepKind::Child(child) => {
                 let now = self.now;
-                let rec = self.record(step, Phase::Action);
-                rec.attempt += 1;
-                rec.status = PhaseStatus::InFlight;
-                rec.started_at.get_or_insert(now);
-                rec.budget_started_at = Some(now);
-                rec.finished_at = None;
-                rec.deadline = None;
-                rec.retry_at = None;
-                rec.last_error = None;
-                let attempt = rec.attempt;
+                let attempt = self.record(step, Phase::Action).begin_attempt(now, None);
                 let id = child_id(self.saga.id, step, attempt);
                 self.saga.steps[step].child = Some(id);
                 self.events.push(Event::ChildStarted {
@@ -347,14 +331,7 @@ impl<'a> Machine<'a> {
         let now = self.now;
         let step_def = &self.def.steps[step];
         if let (StepKind::Child(_), Phase::Compensation) = (step_def.kind(), phase) {
-            let rec = self.record(step, phase);
-            rec.attempt += 1;
-            rec.status = PhaseStatus::InFlight;
-            rec.started_at.get_or_insert(now);
-            rec.budget_started_at.get_or_insert(now);
-            rec.finished_at = None;
-            rec.deadline = None;
-            rec.retry_at = None;
+            self.record(step, phase).begin_attempt(now, None);
             if let Some(child) = self.saga.steps[step].child {
                 self.children.push(ChildEffect::Compensate { step, child });
             }
@@ -366,15 +343,7 @@ impl<'a> Machine<'a> {
             // ok: compensation phases are only dispatched for steps that have one.
             Phase::Compensation => step_def.compensation.clone().unwrap_or_default(),
         };
-        let rec = self.record(step, phase);
-        rec.attempt += 1;
-        rec.status = PhaseStatus::InFlight;
-        rec.started_at.get_or_insert(now);
-        rec.budget_started_at.get_or_insert(now);
-        rec.finished_at = None;
-        rec.deadline = Some(deadline);
-        rec.retry_at = None;
-        let attempt = rec.attempt;
+        let attempt = self.record(step, phase).begin_attempt(now, Some(deadline));
         let payload = Value::Object(self.saga.context.clone());
         self.events.push(Event::CommandDispatched {
             step,
