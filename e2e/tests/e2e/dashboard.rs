@@ -420,7 +420,7 @@ async fn every_dashboard_endpoint_answers_and_refuses_bad_input_precisely() {
     for (q, message) in [
         (
             "type=nope",
-            "type: unknown saga type `nope` (known: publish_post, register_user)",
+            "type: unknown saga type `nope` (known: moderated_post, onboard_author, publish_post, register_user)",
         ),
         (
             "state=done",

@@ -138,7 +138,7 @@ async fn list_sagas_pages_newest_first_and_filters() {
                 }),
                 ..Default::default()
             },
-            "filter.saga_type: unknown saga type `nope` (known: publish_post, register_user)",
+            "filter.saga_type: unknown saga type `nope` (known: moderated_post, onboard_author, publish_post, register_user)",
         ),
     ] {
         let err = c.list_sagas(req).await.unwrap_err();

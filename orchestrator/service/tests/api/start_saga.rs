@@ -174,13 +174,13 @@ async fn invalid_requests_are_invalid_argument_naming_the_field() {
             "",
             "{}".into(),
             "".into(),
-            "saga_type: required (one of: publish_post, register_user)",
+            "saga_type: required (one of: moderated_post, onboard_author, publish_post, register_user)",
         ),
         (
             "nope",
             "{}".into(),
             "".into(),
-            "saga_type: unknown saga type `nope` (known: publish_post, register_user)",
+            "saga_type: unknown saga type `nope` (known: moderated_post, onboard_author, publish_post, register_user)",
         ),
         (
             "register_user",
