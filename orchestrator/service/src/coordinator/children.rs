@@ -9,7 +9,7 @@ use saga_engine::{Input, ParentRef, SagaId, SagaState, decide, start};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApplyError, Coordinator, current_step_name, metrics, saga_span, write_of};
+use super::{ApplyError, Coordinator, current_step_name, fill_generated_ids, metrics, saga_span, write_of};
 use crate::store::{self, NewEvent, PendingInput, RowWrite, SagaWrite};
 
 /// The body of a `start_child` row.
@@ -83,9 +83,7 @@ impl Coordinator {
                 return self.feed(tx, body.parent, &ended).await;
             }
         };
-        for field in &def.generated_ids {
-            context.insert(field.clone(), Value::String(uuid::Uuid::now_v7().to_string()));
-        }
+        fill_generated_ids(&def, &mut context);
         let now = self.clock.now();
         let mut decision = start(&def, id, context, now);
         decision.saga.parent = Some(ParentRef {

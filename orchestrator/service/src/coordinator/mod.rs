@@ -197,6 +197,17 @@ fn saga_span(what: &'static str, stored: &StoredSaga) -> tracing::Span {
     span
 }
 
+/// Fills the definition's generated ids with fresh UUIDv7s: the start of a saga, by a client or
+/// as a child.
+fn fill_generated_ids(def: &SagaDefinition, context: &mut serde_json::Map<String, serde_json::Value>) {
+    for field in &def.generated_ids {
+        context.insert(
+            field.clone(),
+            serde_json::Value::String(uuid::Uuid::now_v7().to_string()),
+        );
+    }
+}
+
 fn current_step_name(def: &SagaDefinition, saga: &Saga) -> Option<String> {
     saga.current_step()
         .and_then(|i| def.steps.get(i))

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Coordinator, current_step_name, metrics};
+use super::{Coordinator, current_step_name, fill_generated_ids, metrics};
 use crate::store::{self, NewEvent, PendingInput, RowWrite, SagaWrite, StoreError};
 
 /// Longest accepted idempotency key.
@@ -117,9 +117,7 @@ impl Coordinator {
             return Ok(found);
         }
 
-        for id_field in &def.generated_ids {
-            context.insert(id_field.clone(), Value::String(uuid::Uuid::now_v7().to_string()));
-        }
+        fill_generated_ids(def, &mut context);
         let id = SagaId::new_v7();
         tracing::Span::current().record("saga_id", tracing::field::display(id));
         let now = self.clock.now();
