@@ -22,8 +22,9 @@ pub use decide::{
     replayability, start,
 };
 pub use definition::{
-    ChildDefinition, DefinitionError, FieldKind, InputError, InputField, OnTimeout, RetryPolicy,
-    SagaDefinition, StepDefinition, StepKind, WaitDefinition, check_payload,
+    ChildDefinition, DefinitionError, FieldKind, InputError, InputField, MAX_SEARCH_KEY_BYTES,
+    MAX_SEARCH_KEYS, OnTimeout, RetryPolicy, SagaDefinition, StepDefinition, StepKind, WaitDefinition,
+    check_payload,
 };
 pub use saga::{
     ParentRef, Phase, PhaseRecord, PhaseStatus, Saga, SagaId, SagaIdError, SagaState, StepRecord,

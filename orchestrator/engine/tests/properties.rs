@@ -185,6 +185,7 @@ fn definition() -> impl Strategy<Value = SagaDefinition> {
                 max_len: None,
             }],
             generated_ids: vec![],
+            search_keys: vec![],
             steps: defs,
         };
         assert_eq!(def.validate(), Ok(()), "generated definition is valid");
@@ -694,6 +695,7 @@ fn an_unreliable_participant_still_ends_every_saga() {
             description: String::new(),
             input: vec![],
             generated_ids: vec![],
+            search_keys: vec![],
             steps: compensable
                 .iter()
                 .enumerate()

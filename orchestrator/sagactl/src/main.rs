@@ -123,6 +123,18 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Place a legal hold on a saga: retention never removes it while it is held.
+    Hold {
+        saga_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release a saga's legal hold.
+    Release {
+        saga_id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// Send a saga the signal one of its waits declares, e.g.
     /// `sagactl signal <saga id> payment_confirmed --payload '{"payment_ref":"P-1"}'`.
     Signal {
@@ -262,7 +274,14 @@ struct FilterArgs {
     id_prefix: Option<String>,
     /// Idempotency key.
     #[arg(long)]
-    key: Option<String>,
+    idempotency_key: Option<String>,
+    /// A business key (one of the definitions' `search_keys`) with exactly this value, e.g.
+    /// `--key email=a@example.com`; repeat to require several.
+    #[arg(long, value_name = "NAME=VALUE")]
+    key: Vec<String>,
+    /// A business key whose value starts with PREFIX, e.g. `--key-prefix order_id=2026-`.
+    #[arg(long, value_name = "NAME=PREFIX")]
+    key_prefix: Vec<String>,
 }
 
 impl FilterArgs {
@@ -275,7 +294,29 @@ impl FilterArgs {
             && self.updated_since.is_none()
             && self.updated_until.is_none()
             && self.id_prefix.is_none()
-            && self.key.is_none()
+            && self.idempotency_key.is_none()
+            && self.key.is_empty()
+            && self.key_prefix.is_empty()
+    }
+
+    /// `--key` and `--key-prefix` as key conditions.
+    fn keys(&self) -> Result<Vec<pb::KeyMatch>, Failure> {
+        let one = |arg: &str, text: &String, prefix: bool| {
+            let (name, value) = text.split_once('=').ok_or_else(|| {
+                Failure::Usage(format!(
+                    "{arg} `{text}`: expected NAME=VALUE, e.g. {arg} email=a@example.com \
+                     (the idempotency key is --idempotency-key)"
+                ))
+            })?;
+            Ok(pb::KeyMatch {
+                name: name.trim().to_owned(),
+                value: value.to_owned(),
+                prefix,
+            })
+        };
+        let exact = self.key.iter().map(|k| one("--key", k, false));
+        let prefixes = self.key_prefix.iter().map(|k| one("--key-prefix", k, true));
+        exact.chain(prefixes).collect()
     }
 
     fn to_pb(&self) -> Result<pb::SagaFilter, Failure> {
@@ -297,7 +338,8 @@ impl FilterArgs {
             updated_after: at(&self.updated_since)?,
             updated_before: at(&self.updated_until)?,
             id_prefix: self.id_prefix.clone().unwrap_or_default(),
-            idempotency_key: self.key.clone().unwrap_or_default(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            keys: self.keys()?,
         })
     }
 }
@@ -782,6 +824,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             acted("aborted", &r, json);
         }
+        Command::Hold { saga_id, reason } => {
+            let r = c
+                .hold_saga(pb::HoldSagaRequest { saga_id, reason })
+                .await?
+                .into_inner();
+            held(if r.changed { "held" } else { "already held" }, &r, json);
+        }
+        Command::Release { saga_id, reason } => {
+            let r = c
+                .release_saga(pb::HoldSagaRequest { saga_id, reason })
+                .await?
+                .into_inner();
+            held("released", &r, json);
+        }
         Command::Signal {
             saga_id,
             signal,
@@ -822,6 +878,24 @@ fn acted(verb: &str, r: &pb::OperatorActionResponse, json: bool) {
             "{verb} {}: now {}; sent {sent}",
             v.saga_id,
             output::state(v.state)
+        );
+    }
+}
+
+/// A hold placed or released: the hold, as text or JSON.
+fn held(outcome: &str, r: &pb::HoldResponse, json: bool) {
+    let Some(h) = &r.hold else { return };
+    if json {
+        print_json(&serde_json::json!({
+            "outcome": outcome,
+            "hold": output::hold_json(h),
+        }));
+    } else {
+        println!(
+            "{outcome}: hold by {} since {}: {}",
+            h.operator,
+            output::time(h.placed_at.as_ref()),
+            h.reason
         );
     }
 }

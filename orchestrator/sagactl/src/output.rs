@@ -96,6 +96,14 @@ fn phase_json(p: &pb::PhaseView) -> Value {
     })
 }
 
+pub fn hold_json(h: &pb::Hold) -> Value {
+    json!({
+        "operator": h.operator,
+        "reason": h.reason,
+        "placed_at": time(h.placed_at.as_ref()),
+    })
+}
+
 pub fn saga_json(v: &pb::SagaView) -> Value {
     json!({
         "saga_id": v.saga_id,
@@ -105,6 +113,8 @@ pub fn saga_json(v: &pb::SagaView) -> Value {
         "current_step": v.current_step,
         "failure_reason": v.failure_reason,
         "idempotency_key": v.idempotency_key,
+        "search_keys": v.search_keys.iter().map(|k| json!({"name": k.name, "value": k.value})).collect::<Vec<_>>(),
+        "hold": v.hold.as_ref().map(hold_json),
         "version": v.version,
         "created_at": time(v.created_at.as_ref()),
         "updated_at": time(v.updated_at.as_ref()),
@@ -184,6 +194,17 @@ pub fn saga_text(v: &pb::SagaView, history: &[pb::SagaEvent]) -> String {
     }
     if !v.idempotency_key.is_empty() {
         out += &format!("key      {}\n", v.idempotency_key);
+    }
+    for k in &v.search_keys {
+        out += &format!("by key   {} = {}\n", k.name, k.value);
+    }
+    if let Some(h) = &v.hold {
+        out += &format!(
+            "HELD     by {} since {}: {}\n",
+            h.operator,
+            time(h.placed_at.as_ref()),
+            h.reason
+        );
     }
     out += &format!(
         "created  {}\nupdated  {}\ncontext  {}\n\n",

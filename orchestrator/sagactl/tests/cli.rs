@@ -187,11 +187,39 @@ async fn start_get_list_and_watch_print_what_happened_and_exit_cleanly() {
         .map(|s| s["saga_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, vec![id.clone()]);
-    let table = sagactl(url, None, &["list", "--key", "cli-1"]).await;
+    let table = sagactl(url, None, &["list", "--idempotency-key", "cli-1"]).await;
     assert!(
         table.stdout.contains(&id) && table.stdout.ends_with("1 saga(s)\n"),
         "{}",
         table.stdout
+    );
+    // By business key: exact, by prefix; a malformed one is a usage error.
+    for args in [
+        ["list", "--key", "email=cli@example.com"],
+        ["list", "--key-prefix", "email=cli@"],
+    ] {
+        let found = sagactl(url, None, &args).await;
+        assert!(
+            found.stdout.contains(&id) && found.stdout.ends_with("1 saga(s)\n"),
+            "{args:?}: {}",
+            found.stdout
+        );
+    }
+    let malformed = sagactl(url, None, &["list", "--key", "cli@example.com"]).await;
+    assert_eq!(
+        (malformed.code, malformed.stderr.trim()),
+        (
+            2,
+            "error: --key `cli@example.com`: expected NAME=VALUE, e.g. --key email=a@example.com \
+             (the idempotency key is --idempotency-key)"
+        )
+    );
+    let unknown = sagactl(url, None, &["list", "--key", "order_id=1"]).await;
+    assert_eq!(unknown.code, 5, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("`order_id` is not a search key"),
+        "{}",
+        unknown.stderr
     );
 
     // Errors: precise message on stderr, documented exit code.
@@ -252,6 +280,32 @@ async fn operator_commands_need_a_token_and_say_why_they_cannot_act() {
     assert_eq!(bulk.code, 2, "a bulk replay without filters must be explicit");
     let no_reason = sagactl(url, Some(OPERATOR_TOKEN), &["abort", &id, "--reason", ""]).await;
     assert_eq!(no_reason.code, 5);
+
+    // A legal hold: placed, shown by `get`, released; releasing again is refused.
+    let held = sagactl(url, Some(OPERATOR_TOKEN), &["hold", &id, "--reason", "case 17"]).await;
+    assert_eq!(held.code, 0, "{}", held.stderr);
+    assert!(
+        held.stdout.starts_with("held: hold by ops since "),
+        "{}",
+        held.stdout
+    );
+    let shown = sagactl(url, None, &["get", &id]).await;
+    assert!(
+        shown.stdout.contains("HELD     by ops since "),
+        "{}",
+        shown.stdout
+    );
+    let released = sagactl(url, Some(OPERATOR_TOKEN), &["release", &id, "--reason", "closed"]).await;
+    assert!(
+        released.stdout.starts_with("released: hold by ops"),
+        "{}",
+        released.stdout
+    );
+    let again = sagactl(url, Some(OPERATOR_TOKEN), &["release", &id, "--reason", "closed"]).await;
+    assert_eq!(
+        (again.code, again.stderr.trim().to_owned()),
+        (6, format!("error: saga {id} is not under legal hold"))
+    );
 
     let unreachable = sagactl("http://127.0.0.1:1", None, &["list"]).await;
     assert_eq!(unreachable.code, 3);

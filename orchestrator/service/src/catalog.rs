@@ -156,12 +156,21 @@ impl Catalog {
         self.versions.get(&(name.to_owned(), version))
     }
 
-    /// Saga type names, sorted.
     /// Every definition, every version.
     pub(crate) fn definitions(&self) -> impl Iterator<Item = &Arc<SagaDefinition>> {
         self.versions.values()
     }
 
+    /// The search keys of every version of `saga_type`, or of every type.
+    pub(crate) fn search_keys(&self, saga_type: Option<&str>) -> BTreeSet<&str> {
+        self.versions
+            .values()
+            .filter(|d| saga_type.is_none_or(|t| d.name == t))
+            .flat_map(|d| d.search_keys.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Saga type names, sorted.
     pub(crate) fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.latest.keys().map(String::as_str).collect();
         names.sort_unstable();

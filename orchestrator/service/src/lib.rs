@@ -32,6 +32,7 @@ mod coordinator;
 mod dashboard;
 mod grpc;
 mod jobs;
+mod retention;
 mod settings;
 mod startup;
 mod store;

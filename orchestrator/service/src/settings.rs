@@ -9,6 +9,7 @@ use saga_runtime::http::HttpSettings;
 use crate::audit::AuditSettings;
 use crate::auth::AuthSettings;
 use crate::jobs::JobSettings;
+use crate::retention::RetentionSettings;
 use saga_runtime::kafka::KafkaSettings;
 use saga_runtime::outbox::RelaySettings;
 use saga_runtime::telemetry::LogFormat;
@@ -36,6 +37,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Operator bulk work (durable jobs): whether this replica works them, and its lease.
     pub jobs: JobSettings,
+    /// How long finished sagas are kept (per saga type) and how fast they are removed.
+    pub retention: RetentionSettings,
 }
 
 impl Default for Settings {
@@ -56,6 +59,7 @@ impl Default for Settings {
             operator: OperatorSettings::default(),
             audit: AuditSettings::default(),
             jobs: JobSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }

@@ -108,6 +108,7 @@ impl Application {
             Some(path) => Catalog::from_file(path)?,
             None => Catalog::builtin()?,
         };
+        settings.retention.validate(&catalog)?;
         let pool = migrated_pool(&settings).await?;
 
         let kafka = &settings.kafka;
@@ -211,6 +212,14 @@ impl Application {
             tasks.spawn(timers::run(
                 coordinator.clone(),
                 settings.timers.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        if settings.retention.enabled {
+            tasks.spawn(crate::retention::run(
+                coordinator.clone(),
+                settings.retention.clone(),
                 shutdown.clone(),
             ));
         }

@@ -39,6 +39,7 @@ fn def() -> SagaDefinition {
         description: String::new(),
         input: vec![],
         generated_ids: vec![],
+        search_keys: vec![],
         steps: vec![
             step("a", Some("UndoA"), 2),
             step("b", Some("UndoB"), 2),

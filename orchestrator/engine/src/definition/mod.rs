@@ -46,8 +46,19 @@ pub struct SagaDefinition {
     /// the entity even if the step that created it never answered.
     #[serde(default)]
     pub generated_ids: Vec<String>,
+    /// Context fields sagas of this type can be found by (`ListSagas` key filters, the
+    /// dashboard's search): input fields, generated ids, or fields a step's outputs or a wait's
+    /// signal provide. The orchestrator indexes their values as they are written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_keys: Vec<String>,
     pub steps: Vec<StepDefinition>,
 }
+
+/// The most search keys a definition may declare.
+pub const MAX_SEARCH_KEYS: usize = 8;
+/// The longest key value indexed, in bytes; a longer value is not indexed (a saga is not found
+/// by it) rather than truncated (which would find it by a value it does not have).
+pub const MAX_SEARCH_KEY_BYTES: usize = 256;
 
 /// One step. Which kind it is follows from its fields: `participant` + `action`, `wait`, or
 /// `child` (exactly one).
@@ -284,7 +295,54 @@ impl SagaDefinition {
                 }
             }
         }
+        self.validate_search_keys(&known)
+            .or_else(|problem| fail(format!("search_keys: {problem}")))
+    }
+
+    /// Every search key names a field the saga's context can hold, once.
+    fn validate_search_keys(&self, known: &BTreeMap<String, FieldKind>) -> Result<(), String> {
+        if self.search_keys.len() > MAX_SEARCH_KEYS {
+            return Err(format!("at most {MAX_SEARCH_KEYS} keys"));
+        }
+        let mut seen = HashSet::new();
+        for key in &self.search_keys {
+            if !seen.insert(key.as_str()) {
+                return Err(format!("`{key}` is repeated"));
+            }
+            if !known.contains_key(key) {
+                return Err(format!(
+                    "`{key}` is not a field of the saga (an input field, a generated id, a step's \
+                     output or a wait's field; known: {})",
+                    known.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The search keys' values in `context`, as indexed: strings as they are, numbers and
+    /// booleans as JSON writes them. With `from_steps_only`, only the keys steps provide (the
+    /// input's and generated ids' are set when the saga starts and never change).
+    pub fn search_key_values<'a>(
+        &'a self,
+        context: &Map<String, Value>,
+        from_steps_only: bool,
+    ) -> Vec<(&'a str, String)> {
+        self.search_keys
+            .iter()
+            .filter(|key| {
+                !from_steps_only
+                    || !(self.generated_ids.contains(key) || self.input.iter().any(|f| &f.name == *key))
+            })
+            .filter_map(|key| {
+                let value = match context.get(key)? {
+                    Value::String(s) => s.clone(),
+                    v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
+                    _ => return None,
+                };
+                (value.len() <= MAX_SEARCH_KEY_BYTES).then_some((key.as_str(), value))
+            })
+            .collect()
     }
 
     fn validate_step<'a>(
@@ -449,6 +507,7 @@ mod tests {
                 },
             ],
             generated_ids: vec!["user_id".into()],
+            search_keys: vec!["email".into(), "user_id".into()],
             steps: vec![
                 StepDefinition {
                     name: "create_user".into(),
@@ -479,6 +538,57 @@ mod tests {
         assert_eq!(two_steps().validate(), Ok(()));
         assert!(two_steps().is_pivot(1));
         assert!(!two_steps().is_pivot(0));
+    }
+
+    #[test]
+    fn search_keys_name_known_fields_and_index_scalar_values() {
+        let mut d = two_steps();
+        d.search_keys.push("nickname".into());
+        let e = d.validate().unwrap_err().0;
+        assert!(e.contains("search_keys: `nickname` is not a field"), "{e}");
+        assert!(e.contains("known: email, name, quota, user_id"), "{e}");
+
+        let mut d = two_steps();
+        d.search_keys.push("email".into());
+        assert!(d.validate().unwrap_err().0.contains("`email` is repeated"));
+
+        // A step's output can be a key; it is written when the step's reply arrives.
+        let mut d = two_steps();
+        d.steps[0].outputs.push(InputField {
+            name: "account_no".into(),
+            kind: FieldKind::Integer,
+            required: true,
+            max_len: None,
+        });
+        d.search_keys.push("account_no".into());
+        assert_eq!(d.validate(), Ok(()));
+        let context = serde_json::json!({
+            "email": "a@example.com", "user_id": "0190", "account_no": 42, "name": "A"
+        });
+        let context = context.as_object().expect("object");
+        assert_eq!(
+            d.search_key_values(context, false),
+            vec![
+                ("email", "a@example.com".to_owned()),
+                ("user_id", "0190".to_owned()),
+                ("account_no", "42".to_owned())
+            ]
+        );
+        assert_eq!(
+            d.search_key_values(context, true),
+            vec![("account_no", "42".to_owned())]
+        );
+        // Missing, null and over-long values are not indexed.
+        let mut long = context.clone();
+        long.insert(
+            "email".into(),
+            Value::String("x".repeat(MAX_SEARCH_KEY_BYTES + 1)),
+        );
+        long.insert("account_no".into(), Value::Null);
+        assert_eq!(
+            d.search_key_values(&long, false),
+            vec![("user_id", "0190".to_owned())]
+        );
     }
 
     #[test]

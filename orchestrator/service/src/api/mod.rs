@@ -20,15 +20,15 @@ use uuid::Uuid;
 
 pub(crate) use error::{ApiError, ErrorKind};
 use request::{
-    AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest,
-    RetryRequest, SignalRequest,
+    AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, HoldRequest, ListRequest,
+    ReplayRequest, RetryRequest, SignalRequest,
 };
 
 use crate::auth::{Authenticator, Caller};
 use crate::coordinator::{Applied, ApplyError, Coordinator, ReplayOutcome, ReplayReport};
 use crate::jobs::{self, Job, JobItem, ReplayParams};
 use crate::settings::OperatorSettings;
-use crate::store::{self, HistoryEntry, SagaSummary, StoredSaga};
+use crate::store::{self, HistoryEntry, Hold, HoldChange, SagaSummary, StoredSaga};
 
 /// A command an operator action sent, or would send.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -115,14 +115,32 @@ impl Api {
         Ok(store::history(&mut conn, id).await?)
     }
 
-    /// One page of sagas. A search is an id prefix when it looks like one, else (or when that
-    /// finds nothing) an idempotency key.
+    /// A saga's business keys (name, value) and its legal hold, if any.
+    pub(crate) async fn lifecycle(
+        &self,
+        id: SagaId,
+    ) -> Result<(Vec<(String, String)>, Option<Hold>), ApiError> {
+        let mut conn = self.coordinator.pool().acquire().await?;
+        let keys = store::keys_of(&mut conn, id).await?;
+        Ok((keys, store::hold_of(&mut conn, id).await?))
+    }
+
+    /// One page of sagas. A search (see [`ListRequest::search`]) tries its readings in turn and
+    /// answers with the first that finds something.
     pub(crate) async fn list(&self, request: &ListRequest) -> Result<Vec<SagaSummary>, ApiError> {
         let mut conn = self.coordinator.pool().acquire().await?;
         let mut filter = request.filter.clone();
         let Some(q) = request.search.as_deref().map(str::trim) else {
             return Ok(store::list(&mut conn, &filter, request.page).await?);
         };
+        let catalog = self.coordinator.catalog();
+        if let Some((name, value)) = q.split_once('=')
+            && catalog.search_keys(None).contains(name.trim())
+        {
+            let key = request::key_filter(catalog, None, Some(name.trim()), value.trim(), false)?;
+            filter.keys.push(key);
+            return Ok(store::list(&mut conn, &filter, request.page).await?);
+        }
         if let Ok(range) = store::id_range(q) {
             filter.ids = Some(range);
             let rows = store::list(&mut conn, &filter, request.page).await?;
@@ -132,7 +150,50 @@ impl Api {
             filter.ids = None;
         }
         filter.idempotency_key = Some(q.to_owned());
+        let rows = store::list(&mut conn, &filter, request.page).await?;
+        if !rows.is_empty() || q.is_empty() || q.len() > saga_engine::MAX_SEARCH_KEY_BYTES {
+            return Ok(rows);
+        }
+        filter.idempotency_key = None;
+        filter
+            .keys
+            .push(request::key_filter(catalog, None, None, q, false)?);
         Ok(store::list(&mut conn, &filter, request.page).await?)
+    }
+
+    /// Places a legal hold (retention never removes a held saga). Placing one on a saga already
+    /// held changes nothing and answers with the hold in place.
+    pub(crate) async fn hold(&self, caller: &Caller, r: HoldRequest) -> Result<(Hold, bool), ApiError> {
+        let mut conn = self.coordinator.pool().acquire().await?;
+        let now = self.coordinator.now();
+        match store::place_hold(&mut conn, r.saga, &caller.name, r.reason.as_str(), now).await? {
+            HoldChange::Done(hold) => {
+                tracing::info!(saga_id = %r.saga, operator = %caller.name, reason = r.reason.as_str(), "legal hold placed");
+                Ok((hold, true))
+            }
+            HoldChange::Unchanged(Some(hold)) => Ok((hold, false)),
+            HoldChange::Unchanged(None) | HoldChange::NoSaga => {
+                Err(ApiError::not_found(format!("no saga {}", r.saga)))
+            }
+        }
+    }
+
+    /// Releases a legal hold; a saga without one is FAILED_PRECONDITION. Answers with the hold
+    /// released.
+    pub(crate) async fn release(&self, caller: &Caller, r: HoldRequest) -> Result<Hold, ApiError> {
+        let mut conn = self.coordinator.pool().acquire().await?;
+        let now = self.coordinator.now();
+        match store::release_hold(&mut conn, r.saga, &caller.name, r.reason.as_str(), now).await? {
+            HoldChange::Done(hold) => {
+                tracing::info!(saga_id = %r.saga, operator = %caller.name, reason = r.reason.as_str(), "legal hold released");
+                Ok(hold)
+            }
+            HoldChange::Unchanged(_) => Err(ApiError::precondition(format!(
+                "saga {} is not under legal hold",
+                r.saga
+            ))),
+            HoldChange::NoSaga => Err(ApiError::not_found(format!("no saga {}", r.saga))),
+        }
     }
 
     /// Replays one saga's compensation; a saga replay does not apply to is FAILED_PRECONDITION.

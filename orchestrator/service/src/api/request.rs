@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::catalog::Catalog;
 use crate::settings::OperatorSettings;
-use crate::store::{self, ListFilter};
+use crate::store::{self, KeyFilter, ListFilter};
 
 /// Longest accepted operator reason, in characters.
 pub(crate) const MAX_REASON_CHARS: usize = 500;
@@ -97,6 +97,50 @@ pub(crate) fn step_name(raw: &str) -> Result<String, ApiError> {
     Ok(raw.to_owned())
 }
 
+/// Most key conditions one filter may hold.
+pub(crate) const MAX_KEY_FILTERS: usize = 8;
+
+/// A search key condition: `name` must be a search key of `saga_type` (of any type when no type
+/// is given), `value` non-empty and no longer than an indexed value can be.
+pub(crate) fn key_filter(
+    catalog: &Catalog,
+    saga_type: Option<&str>,
+    name: Option<&str>,
+    value: &str,
+    prefix: bool,
+) -> Result<KeyFilter, ApiError> {
+    if let Some(name) = name {
+        let keys = catalog.search_keys(saga_type);
+        if !keys.contains(name) {
+            let whose = saga_type.map_or_else(|| "any saga type".to_owned(), |t| format!("saga type `{t}`"));
+            let known = if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.into_iter().collect::<Vec<_>>().join(", ")
+            };
+            return Err(ApiError::invalid(format!(
+                "`{name}` is not a search key of {whose} (search keys: {known})"
+            )));
+        }
+    }
+    let what = name.map_or_else(|| "a key value".to_owned(), |n| format!("the value of `{n}`"));
+    if value.is_empty() {
+        return Err(ApiError::invalid(format!("{what} is empty")));
+    }
+    if value.len() > saga_engine::MAX_SEARCH_KEY_BYTES {
+        return Err(ApiError::invalid(format!(
+            "{what} is {} bytes, over the {} byte limit of indexed values",
+            value.len(),
+            saga_engine::MAX_SEARCH_KEY_BYTES
+        )));
+    }
+    Ok(KeyFilter {
+        name: name.map(str::to_owned),
+        value: value.to_owned(),
+        prefix,
+    })
+}
+
 /// The ids starting with a prefix of hex digits.
 pub(crate) fn id_prefix(raw: &str) -> Result<(Uuid, Uuid), ApiError> {
     store::id_range(raw).map_err(ApiError::invalid)
@@ -107,8 +151,9 @@ pub(crate) fn id_prefix(raw: &str) -> Result<(Uuid, Uuid), ApiError> {
 pub(crate) struct ListRequest {
     pub(crate) filter: ListFilter,
     pub(crate) page: i64,
-    /// The dashboard's search box: an id prefix when it looks like one, else (or when that finds
-    /// nothing) an idempotency key.
+    /// The dashboard's search box: `name=value` for a named search key; else an id prefix when
+    /// it looks like one, else (or when that finds nothing) an idempotency key, else the value of
+    /// any search key.
     pub(crate) search: Option<String>,
 }
 
@@ -163,6 +208,9 @@ impl AbortRequest {
         })
     }
 }
+
+/// Place or release a legal hold: the saga and why (recorded with the operator in its history).
+pub(crate) type HoldRequest = AbortRequest;
 
 /// Largest signal payload accepted, in bytes of JSON.
 pub(crate) const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;

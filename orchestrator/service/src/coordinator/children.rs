@@ -112,6 +112,7 @@ impl Coordinator {
                 .collect(),
             messages,
             inputs: PendingInput::of(&decision),
+            keys: def.search_key_values(&decision.saga.context, false),
         };
         store::commit(&mut *tx, &[write]).await?;
         metrics::observe(&def, &decision, now);

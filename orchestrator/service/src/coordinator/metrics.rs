@@ -11,6 +11,14 @@ use crate::catalog::Catalog;
 /// steps and phases, so each series exists from the start: a counter first seen at 1 hides its
 /// first event from `rate()` and `increase()`, and dashboards and alerts find every series.
 pub(crate) fn register(catalog: &Catalog) {
+    // Retention's counters, at 0 from the start so a rate over them is defined.
+    for name in [
+        "sagas_removed_total",
+        "saga_events_removed_total",
+        "retention_errors_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     for def in catalog.definitions() {
         let t = def.name.clone();
         metrics::counter!("saga_started_total", "saga_type" => t.clone()).increment(0);

@@ -159,7 +159,7 @@ fn definition<'c>(catalog: &'c Catalog, saga: &Saga) -> Result<&'c SagaDefinitio
 
 /// The write of one decision about a saga that exists (operator actions, timers).
 fn write_of<'a>(
-    def: &SagaDefinition,
+    def: &'a SagaDefinition,
     stored: &StoredSaga,
     decision: &'a Decision,
     actor: &'a str,
@@ -187,6 +187,11 @@ fn write_of<'a>(
             .collect(),
         messages,
         inputs: PendingInput::of(decision),
+        keys: if decision.changed {
+            def.search_key_values(&decision.saga.context, true)
+        } else {
+            Vec::new()
+        },
     }
 }
 

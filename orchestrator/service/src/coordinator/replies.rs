@@ -125,6 +125,11 @@ impl Coordinator {
                     events: Vec::new(),
                     messages: Vec::new(),
                     inputs: Vec::new(),
+                    keys: if current == &stored.saga {
+                        Vec::new()
+                    } else {
+                        def.search_key_values(&current.context, true)
+                    },
                 });
                 writes.len() - 1
             });

@@ -61,6 +61,8 @@ pub(super) struct PendingStart {
     request_hash: Vec<u8>,
     current_step: Option<String>,
     trace_context: BTreeMap<String, String>,
+    /// Search key values (name, value) to index.
+    keys: Vec<(String, String)>,
     /// `Ok(false)`: the idempotency key was taken.
     done: oneshot::Sender<Result<bool, StoreError>>,
 }
@@ -128,6 +130,11 @@ impl Coordinator {
             idempotency_key: key.map(str::to_owned),
             request_hash: hash.clone(),
             trace_context: saga_runtime::trace::current_headers(),
+            keys: def
+                .search_key_values(&decision.saga.context, false)
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
             decision,
             done,
         };
@@ -230,6 +237,7 @@ impl StartWriter {
                     .collect(),
                 messages,
                 inputs: PendingInput::of(&p.decision),
+                keys: p.keys.iter().map(|(n, v)| (n.as_str(), v.clone())).collect(),
             })
             .collect();
         let committed = async {

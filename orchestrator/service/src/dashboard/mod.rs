@@ -86,6 +86,8 @@ pub(crate) fn router(d: Dashboard) -> Router {
         .route("/api/sagas/{id}/approve", post(sagas::approve))
         .route("/api/sagas/{id}/reject", post(sagas::reject))
         .route("/api/sagas/{id}/signal", post(sagas::signal))
+        .route("/api/sagas/{id}/hold", post(sagas::hold))
+        .route("/api/sagas/{id}/release", post(sagas::release))
         .route("/api/definitions", get(sagas::definitions))
         .route("/api/jobs", get(jobs::list).post(jobs::start))
         .route("/api/jobs/{id}", get(jobs::detail))

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Body, Dashboard, Params, authorization, given, page_limit};
 use crate::api::request::{
-    self, AbortRequest, ApprovalRequest, ListRequest, ReplayRequest, RetryRequest, SignalRequest,
+    self, AbortRequest, ApprovalRequest, HoldRequest, ListRequest, ReplayRequest, RetryRequest, SignalRequest,
 };
 use crate::api::{ApiError, planned};
 use crate::store::{ListFilter, StoredSaga};
@@ -133,6 +133,7 @@ pub(super) async fn detail(
     let id = request::saga_id("saga_id", &id)?;
     let stored = d.api.saga(id).await?;
     let history = d.api.history(id).await?;
+    let (keys, hold) = d.api.lifecycle(id).await?;
     let sent = super::queries::commands_sent(&history);
     let s = &stored.saga;
     let def = d
@@ -194,6 +195,8 @@ pub(super) async fn detail(
         "updated_at": s.updated_at,
         "context": s.context,
         "parent": s.parent.map(|p| json!({"saga_id": p.saga, "step": p.step})),
+        "search_keys": keys.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
+        "hold": hold,
         "steps": steps,
         "history": history.iter().map(|h| json!({"seq": h.id, "at": h.at, "kind": h.kind, "actor": h.actor, "data": h.data.0})).collect::<Vec<_>>(),
         "actions": {
@@ -201,6 +204,8 @@ pub(super) async fn detail(
             "retry": availability(&d, &stored, &Input::RetryStep { step: None, reason: reason.clone() }),
             "abort": availability(&d, &stored, &Input::Abort { reason: reason.clone() }),
             "approve": availability(&d, &stored, &Input::Approval { step: None, approved: true, by: String::new(), reason }),
+            "hold": if hold.is_some() { json!({"allowed": false, "why": "the saga is held"}) } else { json!({"allowed": true}) },
+            "release": if hold.is_some() { json!({"allowed": true}) } else { json!({"allowed": false, "why": "the saga is not held"}) },
         },
     }))
     .into_response())
@@ -276,6 +281,36 @@ pub(super) async fn abort(
     let Body(b) = body?;
     let applied = d.api.abort(&caller, AbortRequest::parse(&id, &b.reason)?).await?;
     acted(&d, &applied)
+}
+
+/// `POST /api/sagas/{id}/hold`: places a legal hold (the body is an abort's: a reason).
+pub(super) async fn hold(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<AbortBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let (hold, changed) = d.api.hold(&caller, HoldRequest::parse(&id, &b.reason)?).await?;
+    let outcome = if changed { "held" } else { "already held" };
+    Ok(axum::Json(json!({"outcome": outcome, "hold": hold})).into_response())
+}
+
+/// `POST /api/sagas/{id}/release`: releases the saga's legal hold.
+pub(super) async fn release(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<AbortBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let hold = d
+        .api
+        .release(&caller, HoldRequest::parse(&id, &b.reason)?)
+        .await?;
+    Ok(axum::Json(json!({"outcome": "released", "hold": hold})).into_response())
 }
 
 fn acted(d: &Dashboard, applied: &crate::coordinator::Applied) -> Result<Response, ApiError> {

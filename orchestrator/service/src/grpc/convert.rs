@@ -12,7 +12,7 @@ use crate::api::{ApiError, Planned, planned};
 use crate::catalog::Catalog;
 use crate::coordinator::ReplayReport;
 use crate::jobs::{Job, JobItem, JobState};
-use crate::store::{ListFilter, SagaSummary, StoredSaga};
+use crate::store::{Hold, ListFilter, SagaSummary, StoredSaga};
 use crate::watch::Change;
 
 pub(super) fn ts(t: DateTime<Utc>) -> Timestamp {
@@ -122,6 +122,31 @@ pub(super) fn saga_view(stored: &StoredSaga, def: Option<&SagaDefinition>) -> pb
         version: stored.version,
         parent_saga_id: s.parent.map(|p| p.saga.to_string()).unwrap_or_default(),
         parent_step: s.parent.map(|p| p.step as u32),
+        // GetSaga and WatchSaga fill these (they are not part of the saga's row).
+        search_keys: Vec::new(),
+        hold: None,
+    }
+}
+
+/// A saga's business keys and legal hold, into its view.
+pub(super) fn with_lifecycle(
+    mut view: pb::SagaView,
+    keys: Vec<(String, String)>,
+    hold: Option<Hold>,
+) -> pb::SagaView {
+    view.search_keys = keys
+        .into_iter()
+        .map(|(name, value)| pb::SearchKey { name, value })
+        .collect();
+    view.hold = hold.map(hold_pb);
+    view
+}
+
+pub(super) fn hold_pb(h: Hold) -> pb::Hold {
+    pb::Hold {
+        operator: h.operator,
+        reason: h.reason,
+        placed_at: Some(ts(h.placed_at)),
     }
 }
 
@@ -156,11 +181,27 @@ pub(super) fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<Li
     let named = |field: &'static str| move |e: ApiError| e.in_field(field);
     let state = pb::SagaState::try_from(f.state)
         .map_err(|_| ApiError::invalid(format!("filter.state: {} is not a saga state", f.state)))?;
+    let saga_type = set(&f.saga_type)
+        .map(|t| request::saga_type(catalog, t))
+        .transpose()
+        .map_err(named("filter.saga_type"))?;
+    if f.keys.len() > request::MAX_KEY_FILTERS {
+        return Err(ApiError::invalid(format!(
+            "filter.keys: at most {} key conditions",
+            request::MAX_KEY_FILTERS
+        )));
+    }
+    let keys = f
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            request::key_filter(catalog, saga_type.as_deref(), set(&k.name), &k.value, k.prefix)
+                .map_err(|e| e.in_field(&format!("filter.keys[{i}]")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ListFilter {
-        saga_type: set(&f.saga_type)
-            .map(|t| request::saga_type(catalog, t))
-            .transpose()
-            .map_err(named("filter.saga_type"))?,
+        saga_type,
         state: state_from_pb(state),
         current_step: set(&f.current_step)
             .map(request::step_name)
@@ -175,6 +216,7 @@ pub(super) fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<Li
             .transpose()
             .map_err(named("filter.id_prefix"))?,
         idempotency_key: set(&f.idempotency_key).map(str::to_owned),
+        keys,
         cursor: None,
         ascending: false,
     })
@@ -203,6 +245,15 @@ pub(super) fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
             })
             .unwrap_or_default(),
         idempotency_key: f.idempotency_key.clone().unwrap_or_default(),
+        keys: f
+            .keys
+            .iter()
+            .map(|k| pb::KeyMatch {
+                name: k.name.clone().unwrap_or_default(),
+                value: k.value.clone(),
+                prefix: k.prefix,
+            })
+            .collect(),
     }
 }
 

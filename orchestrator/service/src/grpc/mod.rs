@@ -22,15 +22,15 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::api::request::{
-    self, AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, ListRequest, ReplayRequest,
-    RetryRequest, SignalRequest,
+    self, AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, HoldRequest, ListRequest,
+    ReplayRequest, RetryRequest, SignalRequest,
 };
 use crate::api::{Api, ApiError, planned};
 use crate::auth::bearer;
 use crate::coordinator::Applied;
 use crate::jobs::JobState;
-use crate::store::StoredSaga;
-use crate::watch::{Changes, Event};
+use crate::store::{self, ListFilter, StoreError, StoredSaga};
+use crate::watch::{Change, Changes, Event};
 use convert::{filter, job_item_pb, job_pb, report_pb, saga_view, ts};
 
 /// How often a ReplayCompensations stream looks for its job's new results.
@@ -79,8 +79,11 @@ impl SagaApi {
     }
 
     /// The full view of a saga, or NOT_FOUND.
+    /// A saga's full view: its row, its business keys and its legal hold.
     async fn view(&self, id: saga_engine::SagaId) -> Result<pb::SagaView, ApiError> {
-        Ok(self.view_of(&self.api.saga(id).await?))
+        let view = self.view_of(&self.api.saga(id).await?);
+        let (keys, hold) = self.api.lifecycle(id).await?;
+        Ok(convert::with_lifecycle(view, keys, hold))
     }
 
     fn acted(&self, applied: Applied) -> pb::OperatorActionResponse {
@@ -309,6 +312,7 @@ impl SagaOrchestrator for SagaApi {
         let mut changes = self.changes.subscribe();
         let (tx, rx) = mpsc::channel(64);
         let shutdown = self.shutdown.clone();
+        let pool = self.api.coordinator().pool().clone();
         tokio::spawn(async move {
             loop {
                 let received = tokio::select! {
@@ -317,6 +321,15 @@ impl SagaOrchestrator for SagaApi {
                 };
                 match received {
                     Ok(Event::Changed(c)) if c.matches(&filter) => {
+                        // Keys are not in the notification: one index lookup for a key filter.
+                        match has_keys(&pool, &c, &filter).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(e) => {
+                                let _ = tx.send(Err(ApiError::from(e).into())).await;
+                                return;
+                            }
+                        }
                         if tx.send(Ok(convert::change_summary(&c))).await.is_err() {
                             return;
                         }
@@ -487,6 +500,48 @@ impl SagaOrchestrator for SagaApi {
         .await
     }
 
+    async fn hold_saga(
+        &self,
+        request: Request<pb::HoldSagaRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let span = rpc_span("HoldSaga", &request);
+        async move {
+            let caller = self.api.operator(bearer(request.metadata()))?;
+            let r = request.into_inner();
+            let (hold, changed) = self
+                .api
+                .hold(&caller, HoldRequest::parse(&r.saga_id, &r.reason)?)
+                .await?;
+            Ok(Response::new(pb::HoldResponse {
+                hold: Some(convert::hold_pb(hold)),
+                changed,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn release_saga(
+        &self,
+        request: Request<pb::HoldSagaRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let span = rpc_span("ReleaseSaga", &request);
+        async move {
+            let caller = self.api.operator(bearer(request.metadata()))?;
+            let r = request.into_inner();
+            let hold = self
+                .api
+                .release(&caller, HoldRequest::parse(&r.saga_id, &r.reason)?)
+                .await?;
+            Ok(Response::new(pb::HoldResponse {
+                hold: Some(convert::hold_pb(hold)),
+                changed: true,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn signal_saga(
         &self,
         request: Request<pb::SignalSagaRequest>,
@@ -536,4 +591,13 @@ impl SagaOrchestrator for SagaApi {
         .instrument(span)
         .await
     }
+}
+
+/// Whether a changed saga has the filter's keys (always, for a filter without keys).
+async fn has_keys(pool: &sqlx::PgPool, change: &Change, filter: &ListFilter) -> Result<bool, StoreError> {
+    if filter.keys.is_empty() {
+        return Ok(true);
+    }
+    let mut conn = pool.acquire().await?;
+    store::has_keys(&mut conn, change.id, &filter.keys).await
 }

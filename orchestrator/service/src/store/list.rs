@@ -22,6 +22,10 @@ pub struct ListFilter {
     /// Inclusive id range (from an id prefix; see [`id_range`]).
     pub ids: Option<(Uuid, Uuid)>,
     pub idempotency_key: Option<String>,
+    /// Search key conditions (every one must hold). Not part of [`ListFilter::matches`]: a
+    /// saga's keys are not in its change notification (see [`has_keys`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyFilter>,
     /// Continue after this saga (the cursor): older ones when newest first, newer ones when oldest first.
     pub cursor: Option<SagaId>,
     /// Oldest first instead of newest first.
@@ -57,6 +61,50 @@ impl ListFilter {
                 .as_deref()
                 .is_none_or(|k| Some(k) == idempotency_key)
     }
+}
+
+/// A search key condition: the saga has the key `name` (any of its keys when `None`) with
+/// exactly this value, or with a value that starts with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefix: bool,
+}
+
+impl KeyFilter {
+    /// `AND id IN (the sagas with this key)`: an index-only scan of `saga_keys_value`.
+    fn push_sql(&self, q: &mut QueryBuilder<'_, sqlx::Postgres>) {
+        q.push(" AND id IN (SELECT saga_id FROM saga_keys WHERE value");
+        // `^@` (starts with) is an index range scan on the "C"-collated column.
+        q.push(if self.prefix { " ^@ " } else { " = " })
+            .push_bind(self.value.clone());
+        if let Some(name) = &self.name {
+            q.push(" AND name = ").push_bind(name.clone());
+        }
+        q.push(")");
+    }
+}
+
+/// Whether saga `id` has every key of `keys` (for watchers: the change notification does not
+/// carry keys).
+pub(crate) async fn has_keys(
+    conn: &mut PgConnection,
+    id: Uuid,
+    keys: &[KeyFilter],
+) -> Result<bool, StoreError> {
+    if keys.is_empty() {
+        return Ok(true);
+    }
+    let mut q = QueryBuilder::new("SELECT count(*) FROM sagas WHERE id = ");
+    q.push_bind(id);
+    for key in keys {
+        key.push_sql(&mut q);
+    }
+    let found: i64 = q.build_query_scalar().fetch_one(conn).await?;
+    Ok(found > 0)
 }
 
 /// The smallest UUIDv7 minted at or after `t` (ids sort by their creation millisecond).
@@ -134,6 +182,9 @@ pub(crate) async fn list(
     }
     if let Some(k) = &filter.idempotency_key {
         q.push(" AND idempotency_key = ").push_bind(k);
+    }
+    for key in &filter.keys {
+        key.push_sql(&mut q);
     }
     match (filter.cursor, filter.ascending) {
         (Some(c), false) => {

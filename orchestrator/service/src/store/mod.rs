@@ -7,10 +7,11 @@
 //! outbox rows commit together or not at all.
 //!
 //! Layout: this file reads sagas (and locks them for a decision); `write` is [`commit`], the one
-//! write path; `list` is the filtered, paged listing and its [`ListFilter`]; `gauges` the
-//! scrape-time gauges of the table.
+//! write path; `list` is the filtered, paged listing and its [`ListFilter`]; `lifecycle` a saga's
+//! keys, legal holds and retention; `gauges` the scrape-time gauges of the table.
 
 mod gauges;
+mod lifecycle;
 mod list;
 mod write;
 
@@ -24,7 +25,10 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 pub(crate) use gauges::sample_gauges;
-pub(crate) use list::{ListFilter, SagaSummary, id_range, list};
+pub(crate) use lifecycle::{
+    Expiry, Hold, HoldChange, Removed, hold_of, keys_of, place_hold, release_hold, remove_expired,
+};
+pub(crate) use list::{KeyFilter, ListFilter, SagaSummary, has_keys, id_range, list};
 pub(crate) use write::{NewEvent, PendingInput, RowWrite, SagaWrite, commit, delete_input, lock_inputs};
 
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,8 @@ pub(crate) struct SagaWrite<'a> {
     pub messages: Vec<OutboxMessage>,
     /// What this saga's decisions owe other sagas (children to start or compensate).
     pub inputs: Vec<PendingInput>,
+    /// Search key values to index (name, value); values already indexed are left as they are.
+    pub keys: Vec<(&'a str, String)>,
 }
 
 /// An input one saga owes another, written with the decision that caused it (`saga_inputs`).
@@ -160,7 +162,36 @@ pub(crate) async fn commit(
         })
         .collect();
     enqueue_inputs(&mut *conn, &inputs).await?;
+    index_keys(&mut *conn, kept()).await?;
     Ok(written)
+}
+
+/// Indexes the writes' search key values (one statement; none when there are none).
+async fn index_keys<'w, 'a: 'w>(
+    conn: &mut PgConnection,
+    writes: impl Iterator<Item = &'w SagaWrite<'a>>,
+) -> Result<(), StoreError> {
+    let (mut ids, mut names, mut values) = (vec![], vec![], vec![]);
+    for w in writes {
+        for (name, value) in &w.keys {
+            ids.push(w.saga.id.as_uuid());
+            names.push(*name);
+            values.push(value.as_str());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO saga_keys (saga_id, name, value) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(names)
+    .bind(values)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Writes what sagas owe each other (one statement; none when there is nothing).

@@ -7,7 +7,7 @@ use saga_proto::v1::{
     StartSagaRequest,
 };
 
-use crate::helpers::{OPERATOR_TOKEN, TestApp, authed, spawn_app_with};
+use crate::helpers::{OPERATOR_TOKEN, TestApp, authed, catalog_file, spawn_app_with, spawn_with_catalog};
 
 const CATALOG: &str = r#"
 [[saga]]
@@ -31,11 +31,7 @@ wait = { approval = true, timeout_ms = 600000 }
 "#;
 
 async fn app() -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("sagas.toml");
-    std::fs::write(&path, CATALOG).expect("catalog written");
-    let app = spawn_app_with(|s| s.catalog_path = Some(path)).await;
-    (app, dir)
+    spawn_with_catalog(CATALOG, |_| {}).await
 }
 
 async fn start(app: &TestApp, email: &str) -> String {
@@ -196,9 +192,7 @@ async fn aborting_the_parent_stops_its_running_child_and_a_child_that_cannot_sta
 /// rows at once start each child once.
 #[tokio::test]
 async fn a_child_owed_while_no_timer_runs_is_started_once_by_two_replicas_later() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("sagas.toml");
-    std::fs::write(&path, CATALOG).expect("catalog written");
+    let (path, _dir) = catalog_file(CATALOG);
     let catalog = path.clone();
     let app = spawn_app_with(|s| {
         s.catalog_path = Some(catalog);

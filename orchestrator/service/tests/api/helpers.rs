@@ -71,6 +71,28 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_on(pool, db_url, kafka_settings(), adjust).await
 }
 
+/// A catalog file holding `catalog` (TOML), kept while the returned directory lives.
+pub fn catalog_file(catalog: &str) -> (std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sagas.toml");
+    std::fs::write(&path, catalog).expect("catalog written");
+    (path, dir)
+}
+
+/// An orchestrator on the saga catalog `catalog` (TOML) and settings the test adjusts.
+pub async fn spawn_with_catalog(
+    catalog: &str,
+    adjust: impl FnOnce(&mut Settings),
+) -> (TestApp, tempfile::TempDir) {
+    let (path, dir) = catalog_file(catalog);
+    let app = spawn_app_with(|s| {
+        s.catalog_path = Some(path);
+        adjust(s);
+    })
+    .await;
+    (app, dir)
+}
+
 /// An orchestrator on an existing database and topic prefix (a restart, or a second replica).
 pub async fn spawn_on(
     pool: PgPool,

@@ -8,6 +8,7 @@ mod crash;
 mod flow;
 mod helpers;
 mod jobs;
+mod lifecycle;
 mod operator;
 mod queries;
 mod start_saga;

@@ -4,7 +4,7 @@
 
 use saga_proto::v1::{DecideApprovalRequest, SagaState, SignalSagaRequest, StartSagaRequest};
 
-use crate::helpers::{OPERATOR_TOKEN, TestApp, authed, spawn_app_with};
+use crate::helpers::{OPERATOR_TOKEN, TestApp, authed, spawn_with_catalog};
 
 const CATALOG: &str = r#"
 [[saga]]
@@ -23,11 +23,7 @@ wait = { approval = true, timeout_ms = 60000 }
 "#;
 
 async fn app() -> (TestApp, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("sagas.toml");
-    std::fs::write(&path, CATALOG).expect("catalog written");
-    let app = spawn_app_with(|s| s.catalog_path = Some(path)).await;
-    (app, dir)
+    spawn_with_catalog(CATALOG, |_| {}).await
 }
 
 async fn start(app: &TestApp, amount: i64) -> String {

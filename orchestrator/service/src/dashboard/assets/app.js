@@ -397,7 +397,8 @@ function filterForm(params) {
     field('Step', 'f-step', h('input', { id: 'f-step', name: 'step', value: params.get('step') || '', size: 14 })),
     field('Created since (UTC)', 'f-since', h('input', { id: 'f-since', name: 'since', type: 'datetime-local', value: localInput(params.get('since')) })),
     field('Created before (UTC)', 'f-until', h('input', { id: 'f-until', name: 'until', type: 'datetime-local', value: localInput(params.get('until')) })),
-    field('Saga id or idempotency key', 'f-q', h('input', { id: 'f-q', name: 'q', value: params.get('q') || '', size: 28 })),
+    field('Saga id, idempotency key or business key', 'f-q', h('input', { id: 'f-q', name: 'q', value: params.get('q') || '', size: 28,
+      placeholder: 'e.g. a@example.com or email=a@example.com' })),
     field('Order', 'f-order', h('select', { id: 'f-order', name: 'order' },
       h('option', { value: 'newest', selected: params.get('order') !== 'oldest' }, 'newest first'),
       h('option', { value: 'oldest', selected: params.get('order') === 'oldest' }, 'oldest first'))),
@@ -665,6 +666,10 @@ async function detailPage(id) {
     x.parent ? [h('dt', {}, 'Parent'), h('dd', { id: 'parent-link' }, sagaLink(x.parent.saga_id), ` (its step ${x.parent.step})`)] : null,
     x.failure_reason ? [h('dt', {}, 'Reason'), h('dd', { id: 'failure-reason' }, x.failure_reason)] : null,
     x.idempotency_key ? [h('dt', {}, 'Idempotency key'), h('dd', { class: 'mono' }, x.idempotency_key)] : null,
+    x.search_keys.length ? [h('dt', {}, 'Business keys'), h('dd', { id: 'search-keys' },
+      x.search_keys.map((k) => h('div', {}, `${k.name} = `, h('span', { class: 'mono' }, k.value))))] : null,
+    x.hold ? [h('dt', {}, 'Legal hold'), h('dd', { id: 'legal-hold' },
+      `held by ${x.hold.operator} since ${when(x.hold.placed_at)}: ${x.hold.reason} (retention keeps it)`)] : null,
     h('dt', {}, 'Created'), h('dd', {}, when(x.created_at)),
     h('dt', {}, 'Updated'), h('dd', {}, when(x.updated_at)),
     h('dt', {}, 'Context'), h('dd', {}, h('details', {}, h('summary', {}, 'Input and replies'), h('pre', {}, pretty(x.context)))));
@@ -678,7 +683,11 @@ async function detailPage(id) {
     actionButton('act-approve', 'Approve', x.actions.approve,
       () => confirmAction(x, 'approve', 'Approve', 'The saga goes on past its approval step.')),
     actionButton('act-reject', 'Reject', x.actions.approve,
-      () => confirmAction(x, 'reject', 'Reject', 'The approval step fails and the saga compensates what it did.'), true));
+      () => confirmAction(x, 'reject', 'Reject', 'The approval step fails and the saga compensates what it did.'), true),
+    actionButton('act-hold', 'Place legal hold', x.actions.hold,
+      () => confirmAction(x, 'hold', 'Place legal hold', 'Retention never removes the saga while it is held.')),
+    actionButton('act-release', 'Release hold', x.actions.release,
+      () => confirmAction(x, 'release', 'Release legal hold', 'Retention removes the saga once it is finished and old enough.')));
   const steps = h('table', { id: 'steps' },
     h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Step'), h('th', { scope: 'col' }, 'Forward action'), h('th', { scope: 'col' }, 'Compensation'))),
     h('tbody', {}, x.steps.map((st) => h('tr', {},
