@@ -66,6 +66,9 @@ pub struct Options {
     pub audit_interval_secs: Option<u64>,
     /// Sagas, ledger entries and facts the audit reads per page (default: the orchestrator's).
     pub audit_page_size: Option<u32>,
+    /// Retention's age for every saga type, in days, looked at every 20 ms (default: the
+    /// orchestrator's, 30 days, looked at every minute).
+    pub retention_days: Option<f64>,
 }
 
 /// The three services and their databases.
@@ -208,6 +211,10 @@ impl Stack {
         settings.audit.interval_secs = options.audit_interval_secs.unwrap_or(0);
         if let Some(n) = options.audit_page_size {
             settings.audit.page_size = n;
+        }
+        if let Some(days) = options.retention_days {
+            settings.retention.max_age_days = days;
+            settings.retention.interval_ms = 20;
         }
         settings.relay.poll_interval_ms = 200;
         settings

@@ -401,6 +401,45 @@ async fn audit_of_ten_thousand_sagas() {
     stack.stop().await;
 }
 
+/// Retention removes finished sagas from the orchestrator while the participants keep their
+/// records: the audit of a window before the retention horizon does not call them unknown.
+#[tokio::test]
+async fn the_audit_does_not_report_sagas_retention_removed_as_drift() {
+    let stack = Stack::start_with(saga_e2e::Options {
+        retention_days: Some(1.0),
+        ..saga_e2e::Options::default()
+    })
+    .await;
+    let ids = register_all(&stack, "kept", 3).await;
+    stack.finish(&ids).await;
+    let clean = audit(&stack, None).await;
+    assert!(clean.findings.is_empty(), "{:#?}", clean.findings);
+    assert_eq!(clean.removed_by_retention, 0);
+
+    // Two days later (the orchestrator's clock), the three are removed.
+    stack.clock.advance(chrono::TimeDelta::days(2));
+    let deadline = std::time::Instant::now() + saga_e2e::WAIT;
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas")
+            .fetch_one(&stack.dbs.orchestrator)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} sagas never removed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = audit(&stack, None).await;
+    assert!(
+        after.findings.is_empty(),
+        "pruned history is not drift: {:#?}",
+        after.findings
+    );
+    assert_eq!(after.removed_by_retention, 3);
+    assert!(after.retention_horizon.is_some());
+}
+
 #[tokio::test]
 async fn the_periodic_audit_exports_what_it_finds() {
     let stack = Stack::start_with(saga_e2e::Options {

@@ -20,6 +20,8 @@ pub fn report_json(r: &pb::AuditReport) -> Value {
         "duration_seconds": r.duration_seconds,
         "sagas_checked": r.sagas_checked,
         "ledger_entries": r.ledger_entries,
+        "retention_horizon": output::time(r.retention_horizon.as_ref()),
+        "removed_by_retention": r.removed_by_retention,
         "participants": r.participants.iter().map(|p| json!({
             "name": p.name, "service": p.service, "commands_topic": p.commands_topic,
             "ledger_entries": p.ledger_entries,
@@ -66,6 +68,13 @@ pub fn report_text(r: &pb::AuditReport) -> String {
         out += &format!(
             "  not audited (no participant configured): {}\n",
             r.unaudited_topics.join(", ")
+        );
+    }
+    if r.removed_by_retention > 0 {
+        out += &format!(
+            "  {} saga(s) created before {} are gone from the orchestrator (retention): their participants' records are not drift\n",
+            r.removed_by_retention,
+            output::time(r.retention_horizon.as_ref())
         );
     }
     if r.findings.is_empty() {

@@ -95,6 +95,16 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Write every saga the filters select, oldest first, with its history, as JSON lines (the
+    /// export format `saga-export/1`, docs/OPERATIONS.md), e.g. `sagactl export --type
+    /// register_user --until 2026-01-01T00:00:00Z > old.jsonl`.
+    Export {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Most sagas to export (every one when left out).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Follow a saga, printing every change, until it ends (or forever with --follow).
     Watch {
         saga_id: String,
@@ -103,6 +113,9 @@ enum Command {
     },
     /// Replay the compensation of a parked saga, or of every failed saga matching the filters.
     Replay(ReplayArgs),
+    /// Act on every saga a filter selects, as a durable job: `sagactl bulk abort --type X --step Y
+    /// --reason …` prints the plan (how many, a sample) and starts nothing; add --yes to start.
+    Bulk(BulkArgs),
     /// Operator jobs (bulk replays): list them, show one with its results, cancel one.
     Jobs {
         #[command(subcommand)]
@@ -236,6 +249,51 @@ enum JobsCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Pause a running job: no replica works it until it is resumed.
+    Pause {
+        job_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a paused job: it goes on after the last saga it handled.
+    Resume {
+        job_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BulkAction {
+    Replay,
+    Abort,
+    Retry,
+    Hold,
+    Release,
+}
+
+#[derive(Args)]
+struct BulkArgs {
+    /// What to do to each saga.
+    #[arg(value_enum)]
+    action: BulkAction,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Required; recorded on the job and in each saga's history.
+    #[arg(long)]
+    reason: String,
+    /// Sagas per second (the server's default when left out).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most sagas the job handles (the server's default when left out).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Start the job (without it, only the plan is printed).
+    #[arg(long)]
+    yes: bool,
+    /// With --yes: wait for the job to end and print its report.
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -275,6 +333,12 @@ struct FilterArgs {
     /// Idempotency key.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// The definition version sagas run on.
+    #[arg(long)]
+    version: Option<u32>,
+    /// Text the failure reason contains (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    failure: Option<String>,
     /// A business key (one of the definitions' `search_keys`) with exactly this value, e.g.
     /// `--key email=a@example.com`; repeat to require several.
     #[arg(long, value_name = "NAME=VALUE")]
@@ -295,6 +359,8 @@ impl FilterArgs {
             && self.updated_until.is_none()
             && self.id_prefix.is_none()
             && self.idempotency_key.is_none()
+            && self.version.is_none()
+            && self.failure.is_none()
             && self.key.is_empty()
             && self.key_prefix.is_empty()
     }
@@ -339,6 +405,8 @@ impl FilterArgs {
             updated_before: at(&self.updated_until)?,
             id_prefix: self.id_prefix.clone().unwrap_or_default(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            definition_version: self.version.unwrap_or(0),
+            failure_contains: self.failure.clone().unwrap_or_default(),
             keys: self.keys()?,
         })
     }
@@ -541,15 +609,14 @@ async fn jobs(c: &mut Client, command: JobsCommand, json: bool) -> Result<(), Fa
                     break;
                 }
             }
-            let results = items.iter().filter_map(|i| i.result.as_ref());
             if json {
                 let mut v = output::job_json(&job);
-                v["results"] = results.map(output::replay_json).collect();
+                v["results"] = items.iter().map(output::item_json).collect();
                 print_json(&v);
             } else {
                 println!("{}", output::job_text(&job));
-                for r in results {
-                    println!("{}", output::replay_text(r));
+                for item in &items {
+                    println!("{}", output::item_text(item));
                 }
             }
         }
@@ -560,7 +627,72 @@ async fn jobs(c: &mut Client, command: JobsCommand, json: bool) -> Result<(), Fa
                 .into_inner();
             show_job(&job, json);
         }
+        JobsCommand::Pause { job_id, reason } => {
+            let job = c
+                .pause_job(pb::CancelJobRequest { job_id, reason })
+                .await?
+                .into_inner();
+            show_job(&job, json);
+        }
+        JobsCommand::Resume { job_id, reason } => {
+            let job = c
+                .resume_job(pb::CancelJobRequest { job_id, reason })
+                .await?
+                .into_inner();
+            show_job(&job, json);
+        }
     }
+    Ok(())
+}
+
+/// `sagactl bulk`: the plan, and with --yes the job (and with --wait its report).
+async fn bulk(c: &mut Client, args: BulkArgs, json: bool) -> Result<(), Failure> {
+    let mut request = pb::BulkJobRequest {
+        action: match args.action {
+            BulkAction::Replay => pb::BulkAction::ReplayCompensation,
+            BulkAction::Abort => pb::BulkAction::Abort,
+            BulkAction::Retry => pb::BulkAction::Retry,
+            BulkAction::Hold => pb::BulkAction::Hold,
+            BulkAction::Release => pb::BulkAction::Release,
+        } as i32,
+        filter: Some(args.filter.to_pb()?),
+        reason: args.reason.clone(),
+        rate_per_second: args.rate.unwrap_or(0.0),
+        limit: args.limit.unwrap_or(0),
+        confirmed: false,
+    };
+    let plan = c.plan_bulk_job(request.clone()).await?.into_inner();
+    if !args.yes {
+        if json {
+            print_json(&output::plan_json(&plan));
+        } else {
+            println!("{}", output::plan_text(&plan));
+            println!("nothing started: run the same command with --yes to start it");
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!("{}", output::plan_text(&plan));
+    }
+    request.confirmed = true;
+    let mut job = c.start_bulk_job(request).await?.into_inner();
+    if args.wait {
+        let id = job.job_id.clone();
+        if !json {
+            eprintln!("job {id} started; waiting for it to end");
+        }
+        while matches!(
+            pb::JobState::try_from(job.state),
+            Ok(pb::JobState::Running | pb::JobState::Paused)
+        ) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            job = c
+                .get_job(pb::GetJobRequest { job_id: id.clone() })
+                .await?
+                .into_inner();
+        }
+    }
+    show_job(&job, json);
     Ok(())
 }
 
@@ -766,7 +898,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             return Err(Failure::Unreachable("the watch stream ended".into()));
         }
+        Command::Export { filter, limit } => {
+            let mut stream = c
+                .export_sagas(pb::ExportSagasRequest {
+                    filter: Some(filter.to_pb()?),
+                    limit: limit.unwrap_or(0),
+                })
+                .await?
+                .into_inner();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut n = 0u64;
+            while let Some(doc) = stream.message().await? {
+                use std::io::Write;
+                writeln!(out, "{}", doc.json)
+                    .map_err(|e| Failure::Other(format!("writing the export: {e}")))?;
+                n += 1;
+            }
+            std::io::Write::flush(&mut out)
+                .map_err(|e| Failure::Other(format!("writing the export: {e}")))?;
+            eprintln!("{n} saga(s) exported");
+        }
         Command::Replay(args) => replay(&mut c, args, json).await?,
+        Command::Bulk(args) => bulk(&mut c, args, json).await?,
         Command::Jobs { command } => jobs(&mut c, command, json).await?,
         Command::Retry {
             saga_id,

@@ -298,9 +298,59 @@ pub fn replay_text(r: &pb::ReplayResult) -> String {
     line
 }
 
+/// One saga a job handled: `<saga id>  <outcome>: <commands> (<detail>)`.
+pub fn item_text(i: &pb::JobItem) -> String {
+    let Some(r) = &i.result else {
+        return i.outcome.clone();
+    };
+    let mut line = format!("{}  {}", r.saga_id, i.outcome);
+    if !r.commands.is_empty() {
+        line += &format!(": {}", commands_text(&r.commands));
+    }
+    if !r.detail.is_empty() {
+        line += &format!(" ({})", r.detail);
+    }
+    line
+}
+
+pub fn item_json(i: &pb::JobItem) -> Value {
+    let mut v = i.result.as_ref().map(replay_json).unwrap_or_else(|| json!({}));
+    v["outcome"] = json!(i.outcome);
+    v["seq"] = json!(i.seq);
+    v
+}
+
+/// A bulk job's plan: how many sagas, and the first of them.
+pub fn plan_text(p: &pb::BulkPlan) -> String {
+    let mut out = format!(
+        "{}{} saga(s) selected{}",
+        if p.capped { "at least " } else { "" },
+        p.count,
+        if p.capped {
+            " (the job stops at its limit)"
+        } else {
+            ""
+        }
+    );
+    if !p.sample.is_empty() {
+        out += "; the first:\n";
+        out += &list_text(&p.sample);
+    }
+    out
+}
+
+pub fn plan_json(p: &pb::BulkPlan) -> Value {
+    json!({
+        "count": p.count,
+        "capped": p.capped,
+        "sample": p.sample.iter().map(summary_json).collect::<Vec<_>>(),
+    })
+}
+
 pub fn job_state(s: i32) -> &'static str {
     match pb::JobState::try_from(s) {
         Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Paused) => "paused",
         Ok(pb::JobState::Completed) => "completed",
         Ok(pb::JobState::Cancelled) => "cancelled",
         _ => "unknown",
@@ -347,6 +397,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "reason": j.reason, "selects": selection(j), "rate_per_second": j.rate_per_second,
         "limit": j.limit, "processed": j.processed, "counts": j.counts, "owner": j.owner,
         "last_error": j.last_error, "cancelled_by": j.cancelled_by, "cancel_reason": j.cancel_reason,
+        "paused_by": j.paused_by, "pause_reason": j.pause_reason,
         "created_at": time(j.created_at.as_ref()), "updated_at": time(j.updated_at.as_ref()),
         "finished_at": time(j.finished_at.as_ref()),
     })
@@ -411,6 +462,14 @@ pub fn job_text(j: &pb::Job) -> String {
     }
     if !j.cancelled_by.is_empty() {
         lines.push(format!("cancelled by {}: {}", j.cancelled_by, j.cancel_reason));
+    }
+    if !j.paused_by.is_empty() {
+        let verb = if j.state == pb::JobState::Paused as i32 {
+            "paused"
+        } else {
+            "last paused or resumed"
+        };
+        lines.push(format!("{verb} by {}: {}", j.paused_by, j.pause_reason));
     }
     if j.finished_at.is_some() {
         lines.push(format!("finished {}", time(j.finished_at.as_ref())));

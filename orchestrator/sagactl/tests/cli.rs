@@ -205,6 +205,15 @@ async fn start_get_list_and_watch_print_what_happened_and_exit_cleanly() {
             found.stdout
         );
     }
+    // The export: one JSON line per saga, with its history.
+    let export = sagactl(url, None, &["export", "--key", "email=cli@example.com"]).await;
+    assert_eq!((export.code, export.stderr.trim()), (0, "1 saga(s) exported"));
+    let doc: serde_json::Value = serde_json::from_str(export.stdout.trim()).unwrap();
+    assert_eq!(
+        (doc["format"].as_str(), doc["saga_id"].as_str()),
+        (Some("saga-export/1"), Some(id.as_str()))
+    );
+    assert!(doc["history"].as_array().is_some_and(|h| !h.is_empty()), "{doc}");
     let malformed = sagactl(url, None, &["list", "--key", "cli@example.com"]).await;
     assert_eq!(
         (malformed.code, malformed.stderr.trim()),

@@ -224,7 +224,9 @@ impl Application {
             ));
         }
 
-        let auditor = Arc::new(Auditor::new(coordinator.clone(), settings.audit.clone())?);
+        let retention = settings.retention.enabled.then(|| settings.retention.clone());
+        let auditor =
+            Arc::new(Auditor::new(coordinator.clone(), settings.audit.clone())?.with_retention(retention));
         if settings.audit.interval_secs > 0 {
             tasks.spawn(auditor.clone().run_periodically(shutdown.clone()));
         }

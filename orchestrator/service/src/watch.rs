@@ -38,6 +38,7 @@ impl Change {
             &self.saga_type,
             &self.state,
             self.current_step.as_deref(),
+            self.failure_reason.as_deref(),
             self.idempotency_key.as_deref(),
             self.created_at,
             self.updated_at,

@@ -307,7 +307,7 @@ impl<'a> Machine<'a> {
             StepKind::Child(child) => {
                 let now = self.now;
                 let attempt = self.record(step, Phase::Action).begin_attempt(now, None);
-                let id = child_id(self.saga.id, step, attempt);
+                let id = child_id(self.saga.id, step, attempt, now);
                 self.saga.steps[step].child = Some(id);
                 self.events.push(Event::ChildStarted {
                     step,
@@ -621,11 +621,17 @@ enum Plan {
     Run(Option<Value>),
 }
 
-/// The id of the child a step's attempt starts: derived (UUIDv5) from the parent's id, the step
-/// and the attempt, so the decision stays a pure function and a repeated start is the same saga.
-fn child_id(parent: SagaId, step: usize, attempt: u32) -> SagaId {
+/// The id of the child a step's attempt starts: a UUIDv7 of the decision's time (so, like every
+/// saga id, it sorts by creation time: lists, time filters and the audit's windows take saga
+/// ids as time) whose other bits are derived from the parent's id, the step and the attempt — the
+/// decision stays a pure function of its inputs.
+fn child_id(parent: SagaId, step: usize, attempt: u32, now: DateTime<Utc>) -> SagaId {
     let name = format!("child/{step}/{attempt}");
-    SagaId::from_uuid(uuid::Uuid::new_v5(&parent.as_uuid(), name.as_bytes()))
+    let derived = uuid::Uuid::new_v5(&parent.as_uuid(), name.as_bytes());
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&derived.as_bytes()[..10]);
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    SagaId::from_uuid(uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid())
 }
 
 /// "3 attempts in 5 min 2 s": what a spent budget held.

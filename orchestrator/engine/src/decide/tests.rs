@@ -938,6 +938,20 @@ fn a_child_saga_is_started_with_its_input_and_compensated_with_its_step() {
         ("register_user", &json!({"email": "a@b.co"}))
     );
     assert_eq!(r.saga.steps[1].child, Some(child));
+    // Like every saga id, a child's sorts by its creation time (a UUIDv7 of the decision's time).
+    let (secs, nanos) = child
+        .as_uuid()
+        .get_timestamp()
+        .expect("a time-ordered id")
+        .to_unix();
+    assert_eq!(
+        (
+            child.as_uuid().get_version_num(),
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        ),
+        (7, r.now.timestamp_millis())
+    );
+    assert_eq!(r.saga.steps[1].child, Some(child));
     assert_eq!(r.saga.wake_at(), None, "a child has no deadline of its own");
     let other = SagaId::new_v7();
     let stray = r

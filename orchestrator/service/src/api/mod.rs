@@ -20,13 +20,13 @@ use uuid::Uuid;
 
 pub(crate) use error::{ApiError, ErrorKind};
 use request::{
-    AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, HoldRequest, ListRequest,
-    ReplayRequest, RetryRequest, SignalRequest,
+    AbortRequest, ApprovalRequest, BulkJobRequest, BulkReplayRequest, CancelJobRequest, HoldRequest,
+    ListRequest, ReplayRequest, RetryRequest, SignalRequest,
 };
 
 use crate::auth::{Authenticator, Caller};
 use crate::coordinator::{Applied, ApplyError, Coordinator, ReplayOutcome, ReplayReport};
-use crate::jobs::{self, Job, JobItem, ReplayParams};
+use crate::jobs::{self, Job, JobItem, JobParams};
 use crate::settings::OperatorSettings;
 use crate::store::{self, HistoryEntry, Hold, HoldChange, SagaSummary, StoredSaga};
 
@@ -54,6 +54,17 @@ pub(crate) fn planned(commands: &[Command], topic_prefix: &str) -> Vec<Planned> 
             topic: format!("{topic_prefix}{}", c.participant),
         })
         .collect()
+}
+
+/// A bulk operation's dry run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct BulkPlan {
+    /// Sagas the filter selects, counted up to the job's limit.
+    pub(crate) count: u32,
+    /// The count reached the limit: more may match than the job will handle.
+    pub(crate) capped: bool,
+    /// The first ten, newest first.
+    pub(crate) sample: Vec<SagaSummary>,
 }
 
 /// The operations both transports serve.
@@ -159,6 +170,23 @@ impl Api {
             .keys
             .push(request::key_filter(catalog, None, None, q, false)?);
         Ok(store::list(&mut conn, &filter, request.page).await?)
+    }
+
+    /// The next page of an export: the documents of up to `page` sagas after the filter's
+    /// cursor (oldest first), the cursor moved past them.
+    pub(crate) async fn export_page(
+        &self,
+        filter: &mut store::ListFilter,
+        page: i64,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let mut conn = self.coordinator.pool().acquire().await?;
+        let rows = store::list(&mut conn, filter, page).await?;
+        let Some(last) = rows.last() else {
+            return Ok(Vec::new());
+        };
+        filter.cursor = Some(SagaId::from_uuid(last.id));
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        Ok(store::export_many(&mut conn, &ids).await?)
     }
 
     /// Places a legal hold (retention never removes a held saga). Placing one on a saga already
@@ -285,7 +313,7 @@ impl Api {
         caller: &Caller,
         r: BulkReplayRequest,
     ) -> Result<Job, ApiError> {
-        let params = ReplayParams {
+        let params = JobParams {
             filter: r.filter,
             rate_per_second: r.rate_per_second,
             limit: r.limit,
@@ -322,6 +350,68 @@ impl Api {
             jobs::store::get(&mut conn, id).await?;
         }
         Ok(items)
+    }
+
+    /// A bulk operation's dry run: how many sagas it would handle (counted up to its limit) and
+    /// the first ten. Nothing changes.
+    pub(crate) async fn plan_bulk(&self, r: &BulkJobRequest) -> Result<BulkPlan, ApiError> {
+        let mut conn = self.coordinator.pool().acquire().await?;
+        let count = store::count(&mut conn, &r.filter, i64::from(r.limit)).await?;
+        let sample = store::list(&mut conn, &r.filter, 10).await?;
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        Ok(BulkPlan {
+            count,
+            capped: count >= r.limit,
+            sample,
+        })
+    }
+
+    /// Starts a bulk operation as a durable job; it must be confirmed (after its plan).
+    pub(crate) async fn start_bulk(&self, caller: &Caller, r: BulkJobRequest) -> Result<Job, ApiError> {
+        if !r.confirmed {
+            return Err(ApiError::precondition(
+                "a bulk job needs confirmation: look at its plan (PlanBulkJob, or sagactl without \
+                 --yes), then start it with confirmed = true",
+            ));
+        }
+        let params = JobParams {
+            filter: r.filter,
+            rate_per_second: r.rate_per_second,
+            limit: r.limit,
+        };
+        let job = jobs::store::create(
+            self.coordinator.pool(),
+            r.kind.as_str(),
+            &caller.name,
+            r.reason.as_str(),
+            &params,
+        )
+        .await?;
+        tracing::info!(job_id = %job.id, kind = job.kind, operator = %caller.name, limit = r.limit, rate = r.rate_per_second, "bulk job started");
+        self.jobs.job_started();
+        Ok(job)
+    }
+
+    /// Pauses a running job (`pause`) or resumes a paused one.
+    pub(crate) async fn pause_job(
+        &self,
+        caller: &Caller,
+        r: CancelJobRequest,
+        pause: bool,
+    ) -> Result<Job, ApiError> {
+        let job = jobs::store::pause(
+            self.coordinator.pool(),
+            r.job,
+            pause,
+            &caller.name,
+            r.reason.as_str(),
+        )
+        .await?;
+        tracing::info!(job_id = %job.id, operator = %caller.name, state = %job.state, "job paused or resumed");
+        if !pause {
+            self.jobs.job_started();
+        }
+        Ok(job)
     }
 
     pub(crate) async fn cancel_job(&self, caller: &Caller, r: CancelJobRequest) -> Result<Job, ApiError> {

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::catalog::Catalog;
+use crate::jobs::JobKind;
 use crate::settings::OperatorSettings;
 use crate::store::{self, KeyFilter, ListFilter};
 
@@ -95,6 +96,20 @@ pub(crate) fn step_name(raw: &str) -> Result<String, ApiError> {
         )));
     }
     Ok(raw.to_owned())
+}
+
+/// Longest failure-reason text a filter looks for.
+pub(crate) const MAX_FAILURE_TEXT_CHARS: usize = 200;
+
+/// Text to find in failure reasons: non-blank, bounded.
+pub(crate) fn failure_text(raw: &str) -> Result<String, ApiError> {
+    let text = raw.trim();
+    if text.is_empty() || text.chars().count() > MAX_FAILURE_TEXT_CHARS {
+        return Err(ApiError::invalid(format!(
+            "1 to {MAX_FAILURE_TEXT_CHARS} characters of the failure reason"
+        )));
+    }
+    Ok(text.to_owned())
 }
 
 /// Most key conditions one filter may hold.
@@ -319,32 +334,93 @@ impl BulkReplayRequest {
             }
         }
         let reason = Reason::parse(reason)?;
-        let rate_per_second = match rate {
-            None => bounds.replay_rate_default,
-            Some(x) if x.is_finite() && x > 0.0 && x <= bounds.replay_rate_max => x,
-            Some(x) => {
-                return Err(ApiError::invalid(format!(
-                    "rate_per_second: must be within (0, {}], got {x}",
-                    bounds.replay_rate_max
-                )));
-            }
-        };
-        let limit = match limit {
-            None => bounds.replay_limit_default,
-            Some(n) if (1..=bounds.replay_limit_max).contains(&n) => n,
-            Some(n) => {
-                return Err(ApiError::invalid(format!(
-                    "limit: must be within 1..={}, got {n}",
-                    bounds.replay_limit_max
-                )));
-            }
-        };
+        let (rate_per_second, limit) = pace(rate, limit, bounds)?;
         Ok(Self {
             filter,
             reason,
             rate_per_second,
             limit,
             dry_run,
+        })
+    }
+}
+
+/// A bulk job's rate and limit: the caller's when given (within the operator settings'
+/// bounds), else the settings' defaults.
+fn pace(rate: Option<f64>, limit: Option<u32>, bounds: &OperatorSettings) -> Result<(f64, u32), ApiError> {
+    let rate_per_second = match rate {
+        None => bounds.replay_rate_default,
+        Some(x) if x.is_finite() && x > 0.0 && x <= bounds.replay_rate_max => x,
+        Some(x) => {
+            return Err(ApiError::invalid(format!(
+                "rate_per_second: must be within (0, {}], got {x}",
+                bounds.replay_rate_max
+            )));
+        }
+    };
+    let limit = match limit {
+        None => bounds.replay_limit_default,
+        Some(n) if (1..=bounds.replay_limit_max).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::invalid(format!(
+                "limit: must be within 1..={}, got {n}",
+                bounds.replay_limit_max
+            )));
+        }
+    };
+    Ok((rate_per_second, limit))
+}
+
+/// A bulk operation by query: what to do to every saga a filter selects, paced, up to a limit.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BulkJobRequest {
+    pub(crate) kind: JobKind,
+    pub(crate) filter: ListFilter,
+    pub(crate) reason: Reason,
+    pub(crate) rate_per_second: f64,
+    pub(crate) limit: u32,
+    /// The operator saw the plan and means it (required to start).
+    pub(crate) confirmed: bool,
+}
+
+impl BulkJobRequest {
+    pub(crate) fn parse(
+        kind: Option<JobKind>,
+        mut filter: ListFilter,
+        reason: &str,
+        rate: Option<f64>,
+        limit: Option<u32>,
+        confirmed: bool,
+        bounds: &OperatorSettings,
+    ) -> Result<Self, ApiError> {
+        let kind = kind.ok_or_else(|| {
+            ApiError::invalid("action: one of replay_compensation, abort, retry, hold, release")
+        })?;
+        if filter == ListFilter::default() {
+            return Err(ApiError::invalid(
+                "filter: an empty filter selects every saga; narrow it (a type, a state, a step, a \
+                 time range, a key, a failure reason)",
+            ));
+        }
+        if kind == JobKind::ReplayCompensations {
+            filter.state = match filter.state {
+                None | Some(SagaState::Failed) => Some(SagaState::Failed),
+                Some(other) => {
+                    return Err(ApiError::invalid(format!(
+                        "filter.state: replay applies to failed sagas, not {other} ones"
+                    )));
+                }
+            };
+        }
+        let reason = Reason::parse(reason)?;
+        let (rate_per_second, limit) = pace(rate, limit, bounds)?;
+        Ok(Self {
+            kind,
+            filter,
+            reason,
+            rate_per_second,
+            limit,
+            confirmed,
         })
     }
 }

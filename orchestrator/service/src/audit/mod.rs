@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::catalog::Catalog;
 use crate::coordinator::Coordinator;
+use crate::retention::RetentionSettings;
 use check::{AuditedSaga, Finding, FindingKind, Rules, SagaLedger};
 use ledger::{LedgerClient, LedgerError};
 
@@ -74,6 +75,7 @@ pub(crate) struct Auditor {
     settings: AuditSettings,
     participants: Vec<LedgerClient>,
     cross_checks: Vec<cross::CrossCheck>,
+    retention: Option<RetentionSettings>,
     last: Mutex<Option<Arc<AuditReport>>>,
 }
 
@@ -113,8 +115,22 @@ impl Auditor {
             settings,
             participants,
             cross_checks,
+            retention: None,
             last: Mutex::new(None),
         })
+    }
+
+    /// The orchestrator's retention, when it runs: records participants keep of sagas it removed
+    /// are not drift.
+    pub(crate) fn with_retention(mut self, retention: Option<RetentionSettings>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sagas created before this may have been removed by retention (the shortest age of any
+    /// saga type: a saga ends after it starts).
+    fn retention_horizon(&self) -> Option<DateTime<Utc>> {
+        self.retention.as_ref().map(|r| r.horizon(self.coordinator.now()))
     }
 
     fn catalog(&self) -> &Catalog {
@@ -167,6 +183,8 @@ impl Auditor {
         let mut findings = Vec::new();
         let mut unaudited = BTreeSet::new();
         let (mut sagas_checked, mut ledger_entries) = (0u64, 0u64);
+        let horizon = self.retention_horizon();
+        let mut removed = 0u64;
         let mut after: Option<Uuid> = None;
         loop {
             let rows: Vec<SagaRow> = sqlx::query_as(
@@ -204,7 +222,15 @@ impl Auditor {
             sagas_checked += sagas.len() as u64;
             findings.extend(
                 self.check_page(&sagas, &entries, domain, &readers, rules, &mut unaudited)
-                    .await?,
+                    .await?
+                    .into_iter()
+                    .filter(|f| {
+                        // A record of a saga retention may have removed is not drift.
+                        let gone = f.kind == FindingKind::UnknownSaga
+                            && horizon.zip(f.saga_id).is_some_and(|(h, id)| id < first_id_at(h));
+                        removed += u64::from(gone);
+                        !gone
+                    }),
             );
             after = sagas.last().map(|s| s.id).or(after);
             if last_page {
@@ -245,6 +271,8 @@ impl Auditor {
             ledger_entries,
             participants: readers.iter().map(|r| r.coverage()).collect(),
             unaudited_topics: unaudited.into_iter().collect(),
+            retention_horizon: horizon,
+            removed_by_retention: removed,
             findings,
         });
         export_metrics(&report);

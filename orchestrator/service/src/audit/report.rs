@@ -87,6 +87,11 @@ pub(crate) struct AuditReport {
     pub participants: Vec<Coverage>,
     /// Step topics of audited sagas that no configured participant serves.
     pub unaudited_topics: Vec<String>,
+    /// Sagas created before this may have been removed by retention (when it runs).
+    pub retention_horizon: Option<DateTime<Utc>>,
+    /// Sagas participants have records of that the orchestrator no longer has, created before
+    /// the retention horizon: removed by retention, not reported as unknown.
+    pub removed_by_retention: u64,
     /// In saga id order, then by kind and step.
     pub findings: Vec<Finding>,
 }

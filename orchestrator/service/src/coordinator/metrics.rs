@@ -15,6 +15,7 @@ pub(crate) fn register(catalog: &Catalog) {
     for name in [
         "sagas_removed_total",
         "saga_events_removed_total",
+        "sagas_archived_total",
         "retention_errors_total",
     ] {
         metrics::counter!(name).increment(0);

@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::store::{NewEvent, PendingInput, RowWrite, SagaWrite, StoreError, StoredSaga};
 use crate::wire::{self, Routing};
 
-pub(crate) use operator::{ReplayOutcome, ReplayReport};
+pub(crate) use operator::{Acted, ReplayOutcome, ReplayReport};
 pub(crate) use start::{StartError, StartWriter};
 
 /// How often a write that lost an optimistic-concurrency race is re-read and retried.

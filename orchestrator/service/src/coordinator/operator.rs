@@ -58,6 +58,16 @@ pub(crate) struct Acted<'c> {
 }
 
 impl Acted<'_> {
+    /// Whether the action changed the saga (else the engine found nothing to do).
+    pub(crate) fn changed(&self) -> bool {
+        self.decision.changed
+    }
+
+    /// The commands the action sends once committed.
+    pub(crate) fn commands(&self) -> &[Command] {
+        &self.decision.commands
+    }
+
     pub(crate) fn committed(self) -> Applied {
         metrics::observe(self.def, &self.decision, self.now);
         Applied {

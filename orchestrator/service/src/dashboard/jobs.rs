@@ -1,5 +1,5 @@
 //! Operator jobs over HTTP: the list, one job with its results, a bulk replay started as a job,
-//! and cancelling one.
+//! bulk operations by query (planned, then started), and pausing, resuming or cancelling one.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Body, Dashboard, Params, authorization, given, page_limit};
-use crate::api::request::{self, BulkReplayRequest, CancelJobRequest, MAX_PAGE};
+use crate::api::request::{self, BulkJobRequest, BulkReplayRequest, CancelJobRequest, MAX_PAGE};
 use crate::api::{ApiError, Planned};
+use crate::jobs::JobKind;
 use crate::store::ListFilter;
 
 #[derive(Deserialize)]
@@ -145,4 +146,146 @@ pub(super) async fn cancel(
         .cancel_job(&caller, CancelJobRequest::parse(&id, &b.reason)?)
         .await?;
     Ok(axum::Json(json!({ "job": job })).into_response())
+}
+
+/// `POST /api/jobs/{id}/pause`.
+pub(super) async fn pause(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<CancelBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    pause_or_resume(d, headers, id, body, true).await
+}
+
+/// `POST /api/jobs/{id}/resume`.
+pub(super) async fn resume(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Body<CancelBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    pause_or_resume(d, headers, id, body, false).await
+}
+
+async fn pause_or_resume(
+    d: Dashboard,
+    headers: HeaderMap,
+    id: String,
+    body: Result<Body<CancelBody>, ApiError>,
+    pause: bool,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let job = d
+        .api
+        .pause_job(&caller, CancelJobRequest::parse(&id, &b.reason)?, pause)
+        .await?;
+    Ok(axum::Json(json!({ "job": job })).into_response())
+}
+
+/// `POST /api/bulk/plan` and `POST /api/bulk`'s body: an action and the sagas it is for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BulkBody {
+    /// `replay_compensations`, `abort`, `retry`, `hold` or `release`.
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
+    state: Option<String>,
+    step: Option<String>,
+    version: Option<u32>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// A business key, `name=value`.
+    key: Option<String>,
+    /// Text of the failure reason.
+    failure: Option<String>,
+    rate_per_second: Option<f64>,
+    limit: Option<u32>,
+    #[serde(default)]
+    confirmed: bool,
+}
+
+impl BulkBody {
+    fn parse(&self, d: &Dashboard) -> Result<BulkJobRequest, ApiError> {
+        let catalog = d.api.coordinator().catalog();
+        let saga_type = given(&self.saga_type)
+            .map(|t| request::saga_type(catalog, t))
+            .transpose()
+            .map_err(|e| e.in_field("type"))?;
+        let keys = given(&self.key)
+            .map(|k| {
+                let (name, value) = k
+                    .split_once('=')
+                    .ok_or_else(|| ApiError::invalid(format!("`{k}` is not name=value")))?;
+                request::key_filter(
+                    catalog,
+                    saga_type.as_deref(),
+                    Some(name.trim()),
+                    value.trim(),
+                    false,
+                )
+            })
+            .transpose()
+            .map_err(|e| e.in_field("key"))?;
+        let state = given(&self.state)
+            .map(|s| {
+                s.parse::<SagaState>()
+                    .map_err(|_| ApiError::invalid(format!("state: `{s}` is not a saga state")))
+            })
+            .transpose()?;
+        let filter = ListFilter {
+            saga_type,
+            state,
+            current_step: given(&self.step)
+                .map(request::step_name)
+                .transpose()
+                .map_err(|e| e.in_field("step"))?,
+            definition_version: self.version,
+            created_after: self.since,
+            created_before: self.until,
+            failure_contains: given(&self.failure)
+                .map(request::failure_text)
+                .transpose()
+                .map_err(|e| e.in_field("failure"))?,
+            keys: keys.into_iter().collect(),
+            ..ListFilter::default()
+        };
+        BulkJobRequest::parse(
+            JobKind::parse(&self.action),
+            filter,
+            &self.reason,
+            self.rate_per_second,
+            self.limit,
+            self.confirmed,
+            d.api.operator_settings(),
+        )
+    }
+}
+
+/// `POST /api/bulk/plan`: the dry run — the count (up to the limit) and a sample.
+pub(super) async fn plan_bulk(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    body: Result<Body<BulkBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let plan = d.api.plan_bulk(&b.parse(&d)?).await?;
+    Ok(axum::Json(json!({ "plan": plan })).into_response())
+}
+
+/// `POST /api/bulk`: starts the operation as a job (`confirmed` must be true).
+pub(super) async fn start_bulk(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    body: Result<Body<BulkBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = d.api.operator(authorization(&headers))?;
+    let Body(b) = body?;
+    let job = d.api.start_bulk(&caller, b.parse(&d)?).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({ "job": job }))).into_response())
 }

@@ -43,6 +43,8 @@ fn report_pb(r: &AuditReport) -> pb::AuditReport {
             })
             .collect(),
         unaudited_topics: r.unaudited_topics.clone(),
+        retention_horizon: r.retention_horizon.map(ts),
+        removed_by_retention: r.removed_by_retention,
         findings: r
             .findings
             .iter()

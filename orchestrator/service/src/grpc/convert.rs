@@ -216,6 +216,11 @@ pub(super) fn filter(f: Option<&pb::SagaFilter>, catalog: &Catalog) -> Result<Li
             .transpose()
             .map_err(named("filter.id_prefix"))?,
         idempotency_key: set(&f.idempotency_key).map(str::to_owned),
+        definition_version: (f.definition_version != 0).then_some(f.definition_version),
+        failure_contains: set(&f.failure_contains)
+            .map(request::failure_text)
+            .transpose()
+            .map_err(named("filter.failure_contains"))?,
         keys,
         cursor: None,
         ascending: false,
@@ -245,6 +250,8 @@ pub(super) fn filter_pb(f: &ListFilter) -> pb::SagaFilter {
             })
             .unwrap_or_default(),
         idempotency_key: f.idempotency_key.clone().unwrap_or_default(),
+        definition_version: f.definition_version.unwrap_or(0),
+        failure_contains: f.failure_contains.clone().unwrap_or_default(),
         keys: f
             .keys
             .iter()
@@ -337,6 +344,7 @@ pub(super) fn job_pb(j: &Job) -> pb::Job {
         kind: j.kind.clone(),
         state: match j.state {
             JobState::Running => pb::JobState::Running,
+            JobState::Paused => pb::JobState::Paused,
             JobState::Completed => pb::JobState::Completed,
             JobState::Cancelled => pb::JobState::Cancelled,
         } as i32,
@@ -354,6 +362,8 @@ pub(super) fn job_pb(j: &Job) -> pb::Job {
         created_at: Some(ts(j.created_at)),
         updated_at: Some(ts(j.updated_at)),
         finished_at: j.finished_at.map(ts),
+        paused_by: j.paused_by.clone().unwrap_or_default(),
+        pause_reason: j.pause_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -368,5 +378,6 @@ pub(super) fn job_item_pb(i: &JobItem) -> pb::JobItem {
             &commands,
         )),
         at: Some(ts(i.at)),
+        outcome: i.outcome.clone(),
     }
 }

@@ -22,13 +22,13 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::api::request::{
-    self, AbortRequest, ApprovalRequest, BulkReplayRequest, CancelJobRequest, HoldRequest, ListRequest,
-    ReplayRequest, RetryRequest, SignalRequest,
+    self, AbortRequest, ApprovalRequest, BulkJobRequest, BulkReplayRequest, CancelJobRequest, HoldRequest,
+    ListRequest, ReplayRequest, RetryRequest, SignalRequest,
 };
 use crate::api::{Api, ApiError, planned};
 use crate::auth::bearer;
 use crate::coordinator::Applied;
-use crate::jobs::JobState;
+use crate::jobs::{JobKind, JobState};
 use crate::store::{self, ListFilter, StoreError, StoredSaga};
 use crate::watch::{Change, Changes, Event};
 use convert::{filter, job_item_pb, job_pb, report_pb, saga_view, ts};
@@ -112,6 +112,46 @@ impl SagaApi {
         )
     }
 
+    fn bulk_job(&self, r: pb::BulkJobRequest) -> Result<BulkJobRequest, ApiError> {
+        let kind = match pb::BulkAction::try_from(r.action) {
+            Ok(pb::BulkAction::ReplayCompensation) => Some(JobKind::ReplayCompensations),
+            Ok(pb::BulkAction::Abort) => Some(JobKind::Abort),
+            Ok(pb::BulkAction::Retry) => Some(JobKind::Retry),
+            Ok(pb::BulkAction::Hold) => Some(JobKind::Hold),
+            Ok(pb::BulkAction::Release) => Some(JobKind::Release),
+            Ok(pb::BulkAction::Unspecified) | Err(_) => None,
+        };
+        let filter = filter(r.filter.as_ref(), self.api.coordinator().catalog())?;
+        BulkJobRequest::parse(
+            kind,
+            filter,
+            &r.reason,
+            (r.rate_per_second != 0.0).then_some(r.rate_per_second),
+            (r.limit != 0).then_some(r.limit),
+            r.confirmed,
+            self.api.operator_settings(),
+        )
+    }
+
+    async fn pause_or_resume(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+        pause: bool,
+    ) -> Result<Response<pb::Job>, Status> {
+        let span = rpc_span(if pause { "PauseJob" } else { "ResumeJob" }, &request);
+        async move {
+            let caller = self.api.operator(bearer(request.metadata()))?;
+            let r = request.into_inner();
+            let job = self
+                .api
+                .pause_job(&caller, CancelJobRequest::parse(&r.job_id, &r.reason)?, pause)
+                .await?;
+            Ok(Response::new(job_pb(&job)))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// The results of job `id` as it records them, until it ends.
     fn follow(&self, id: uuid::Uuid) -> ReceiverStream<Result<pb::ReplayResult, Status>> {
         let (tx, rx) = mpsc::channel(32);
@@ -122,7 +162,7 @@ impl SagaApi {
                 // The job's state before its items: once it has ended, the items read after it
                 // are all it will ever have.
                 let ended = match api.job(id).await {
-                    Ok(job) => job.state != JobState::Running,
+                    Ok(job) => matches!(job.state, JobState::Completed | JobState::Cancelled),
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
@@ -321,8 +361,8 @@ impl SagaOrchestrator for SagaApi {
                 };
                 match received {
                     Ok(Event::Changed(c)) if c.matches(&filter) => {
-                        // Keys are not in the notification: one index lookup for a key filter.
-                        match has_keys(&pool, &c, &filter).await {
+                        // Keys and versions are not in the notification: one lookup for them.
+                        match has_stored(&pool, &c, &filter).await {
                             Ok(true) => {}
                             Ok(false) => continue,
                             Err(e) => {
@@ -342,6 +382,50 @@ impl SagaOrchestrator for SagaApi {
                         );
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExportSagasStream = Streamed<pb::ExportedSaga>;
+
+    async fn export_sagas(
+        &self,
+        request: Request<pb::ExportSagasRequest>,
+    ) -> Result<Response<Self::ExportSagasStream>, Status> {
+        self.api.reader(bearer(request.metadata()))?;
+        let r = request.into_inner();
+        let mut filter = filter(r.filter.as_ref(), self.api.coordinator().catalog())?;
+        filter.ascending = true;
+        let limit = if r.limit == 0 { u64::MAX } else { r.limit };
+        let (tx, rx) = mpsc::channel(2);
+        let (api, shutdown) = (self.api.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < limit && !shutdown.is_cancelled() {
+                let page = (limit - sent).min(EXPORT_PAGE);
+                let docs = match api.export_page(&mut filter, page as i64).await {
+                    Ok(docs) => docs,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if docs.is_empty() {
+                    return;
+                }
+                for doc in docs {
+                    sent += 1;
+                    if tx
+                        .send(Ok(pb::ExportedSaga {
+                            json: doc.to_string(),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return; // the client hung up
+                    }
                 }
             }
         });
@@ -500,6 +584,48 @@ impl SagaOrchestrator for SagaApi {
         .await
     }
 
+    async fn pause_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.pause_or_resume(request, true).await
+    }
+
+    async fn resume_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.pause_or_resume(request, false).await
+    }
+
+    async fn plan_bulk_job(
+        &self,
+        request: Request<pb::BulkJobRequest>,
+    ) -> Result<Response<pb::BulkPlan>, Status> {
+        let span = rpc_span("PlanBulkJob", &request);
+        async move {
+            self.api.operator(bearer(request.metadata()))?;
+            let bulk = self.bulk_job(request.into_inner())?;
+            let plan = self.api.plan_bulk(&bulk).await?;
+            Ok(Response::new(pb::BulkPlan {
+                count: plan.count,
+                capped: plan.capped,
+                sample: plan.sample.into_iter().map(convert::summary).collect(),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start_bulk_job(
+        &self,
+        request: Request<pb::BulkJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let span = rpc_span("StartBulkJob", &request);
+        async move {
+            let caller = self.api.operator(bearer(request.metadata()))?;
+            let bulk = self.bulk_job(request.into_inner())?;
+            let job = self.api.start_bulk(&caller, bulk).await?;
+            Ok(Response::new(job_pb(&job)))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn hold_saga(
         &self,
         request: Request<pb::HoldSagaRequest>,
@@ -593,11 +719,15 @@ impl SagaOrchestrator for SagaApi {
     }
 }
 
-/// Whether a changed saga has the filter's keys (always, for a filter without keys).
-async fn has_keys(pool: &sqlx::PgPool, change: &Change, filter: &ListFilter) -> Result<bool, StoreError> {
-    if filter.keys.is_empty() {
+/// Sagas an export reads (and holds in memory) at a time.
+const EXPORT_PAGE: u64 = 100;
+
+/// Whether a changed saga meets the filter's conditions the notification cannot answer (always,
+/// without a connection, for a filter that has none).
+async fn has_stored(pool: &sqlx::PgPool, change: &Change, filter: &ListFilter) -> Result<bool, StoreError> {
+    if filter.keys.is_empty() && filter.definition_version.is_none() {
         return Ok(true);
     }
     let mut conn = pool.acquire().await?;
-    store::has_keys(&mut conn, change.id, &filter.keys).await
+    store::has_stored(&mut conn, change.id, filter).await
 }

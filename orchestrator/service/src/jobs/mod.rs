@@ -1,12 +1,13 @@
-//! Operator bulk work as durable jobs. A bulk compensation replay is a row in PostgreSQL — its
-//! filter, pace, limit and progress — not a task in one process: any orchestrator replica claims
+//! Operator bulk work as durable jobs. A bulk operation — a compensation replay, an abort, a
+//! retry, a legal hold or its release, for every saga a filter selects — is a row in PostgreSQL
+//! — its filter, pace, limit and progress — not a task in one process: any orchestrator replica claims
 //! it, works it saga by saga at its pace, gives it back when it shuts down, and another replica
 //! goes on from where it stopped; a replica that dies loses its lease and the job is claimed
 //! again. Each saga's replay, its result row and the job's progress commit in one transaction,
 //! fenced by the job row, so every saga is handled exactly once however often the job moves.
 //!
 //! Layout:
-//! - this file: what a job is ([`Job`], [`JobItem`], [`ReplayParams`]) and [`JobError`];
+//! - this file: what a job is ([`Job`], [`JobKind`], [`JobItem`], [`JobParams`]) and [`JobError`];
 //! - `store`: the job tables (`migrations/orchestrator/0009_operator_jobs.sql`);
 //! - `runner`: [`JobRunner`], the loop each replica runs: claim, work, renew, release.
 
@@ -26,12 +27,54 @@ use crate::store::{ListFilter, StoreError};
 /// The kinds of job there are.
 pub(crate) const REPLAY_COMPENSATIONS: &str = "replay_compensations";
 
+/// What a job does to each saga it selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    /// Replay the compensation of a failed saga.
+    ReplayCompensations,
+    /// Stop a running saga and compensate what it did.
+    Abort,
+    /// Send the step a saga stopped at again.
+    Retry,
+    /// Place a legal hold.
+    Hold,
+    /// Release a legal hold.
+    Release,
+}
+
+impl JobKind {
+    pub(crate) const ALL: [JobKind; 5] = [
+        Self::ReplayCompensations,
+        Self::Abort,
+        Self::Retry,
+        Self::Hold,
+        Self::Release,
+    ];
+
+    /// The kind as stored and shown.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ReplayCompensations => REPLAY_COMPENSATIONS,
+            Self::Abort => "abort",
+            Self::Retry => "retry",
+            Self::Hold => "hold",
+            Self::Release => "release",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum JobState {
     /// Waiting for a replica, or being worked.
     Running,
+    /// Stopped by an operator until one resumes it; no replica works it.
+    Paused,
     /// Every item it selected was handled (or its limit was reached).
     Completed,
     /// Stopped by an operator; what it did stays done.
@@ -42,13 +85,14 @@ impl JobState {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Completed => "completed",
             Self::Cancelled => "cancelled",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Completed, Self::Cancelled]
+        [Self::Running, Self::Paused, Self::Completed, Self::Cancelled]
             .into_iter()
             .find(|state| state.as_str() == s)
     }
@@ -60,10 +104,10 @@ impl std::fmt::Display for JobState {
     }
 }
 
-/// A bulk compensation replay: which sagas (failed ones the filter selects, walked newest
-/// first), how fast, how many at most.
+/// What a job works on: the sagas its filter selects (walked newest first), how fast, how many
+/// at most.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ReplayParams {
+pub(crate) struct JobParams {
     pub(crate) filter: ListFilter,
     pub(crate) rate_per_second: f64,
     pub(crate) limit: u32,
@@ -78,7 +122,7 @@ pub(crate) struct Job {
     /// The operator who started it (its actions are recorded as theirs).
     pub(crate) operator: String,
     pub(crate) reason: String,
-    pub(crate) params: ReplayParams,
+    pub(crate) params: JobParams,
     /// The last saga handled: the walk goes on after it.
     #[serde(skip)]
     pub(crate) cursor: Option<Uuid>,
@@ -93,6 +137,9 @@ pub(crate) struct Job {
     pub(crate) last_error: Option<String>,
     pub(crate) cancelled_by: Option<String>,
     pub(crate) cancel_reason: Option<String>,
+    /// Who paused or resumed it last, and why.
+    pub(crate) paused_by: Option<String>,
+    pub(crate) pause_reason: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
@@ -103,8 +150,10 @@ pub(crate) struct Job {
 pub(crate) struct JobItem {
     pub(crate) seq: i32,
     pub(crate) saga_id: Uuid,
-    /// `replayed`, `already_in_progress`, `already_compensated`, `not_replayable`, or `failed`
-    /// (the saga could not be acted on: `detail` says why).
+    /// Replays: `replayed`, `already_in_progress`, `already_compensated`, `not_replayable`;
+    /// aborts and retries: `aborted`, `retried`, `not_applicable` (the engine refused: `detail`
+    /// says why); holds: `held`, `already_held`, `released`, `not_held`; any kind: `gone` (the
+    /// saga was removed meanwhile) or `failed` (it could not be acted on: `detail` says why).
     pub(crate) outcome: String,
     pub(crate) detail: String,
     /// The commands it sent, as planned commands (step, phase, attempt, command type, topic).

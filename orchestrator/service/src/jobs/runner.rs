@@ -12,11 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use saga_engine::{Command, EngineError, Input};
+
 use super::store::{self, Handled};
-use super::{Job, JobError};
+use super::{Job, JobError, JobKind};
 use crate::api::planned;
-use crate::coordinator::{ApplyError, Coordinator};
-use crate::store::StoreError;
+use crate::coordinator::{Acted, ApplyError, Coordinator};
+use crate::store::{HoldChange, StoreError};
 
 /// How the job runner of a replica works.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,8 +140,8 @@ impl JobRunner {
         tracing::info!("job runner stopped");
     }
 
-    /// Works one claimed job: pages of failed sagas after its cursor, one replay per tick of its
-    /// pace, until its filter is exhausted or its limit reached.
+    /// Works one claimed job: pages of the sagas its filter selects after its cursor, one item
+    /// per tick of its pace, until its filter is exhausted or its limit reached.
     async fn work(&self, job: Job, shutdown: &CancellationToken) -> Stop {
         tracing::info!(processed = job.processed, "working job");
         let pool = self.coordinator.pool().clone();
@@ -217,7 +219,7 @@ impl JobRunner {
     }
 
     /// Handles one saga in one transaction: the job row locked (still ours, still running), the
-    /// replay decided and written, the item and the job's progress recorded — all or nothing.
+    /// action decided and written, the item and the job's progress recorded — all or nothing.
     async fn item(&self, job: &Job, saga: SagaId, processed: u32) -> Result<Item, JobError> {
         let mut tries = 0;
         loop {
@@ -241,22 +243,74 @@ impl JobRunner {
             // Another replica handled items while this one thought it held the job.
             return Ok(Item::NotOurs);
         }
-        let replayed = self
-            .coordinator
-            .replay_in(&mut tx, saga, &job.reason, &job.operator)
-            .await;
-        let (outcome, detail, commands, acted) = match replayed {
-            Ok((report, acted)) => (
-                report.outcome.as_str(),
-                report.outcome.detail().to_owned(),
-                planned(&report.commands, self.coordinator.topic_prefix()),
-                acted,
+        let now = self.coordinator.now();
+        let (outcome, detail, commands, acted) = match JobKind::parse(&job.kind) {
+            Some(JobKind::ReplayCompensations) => {
+                match self
+                    .coordinator
+                    .replay_in(&mut tx, saga, &job.reason, &job.operator)
+                    .await
+                {
+                    Ok((report, acted)) => (
+                        report.outcome.as_str(),
+                        report.outcome.detail().to_owned(),
+                        report.commands,
+                        acted,
+                    ),
+                    Err(e) => not_acted(e)?,
+                }
+            }
+            Some(kind @ (JobKind::Abort | JobKind::Retry)) => {
+                let (input, done) = match kind {
+                    JobKind::Abort => (
+                        Input::Abort {
+                            reason: job.reason.clone(),
+                        },
+                        "aborted",
+                    ),
+                    _ => (
+                        Input::RetryStep {
+                            step: None,
+                            reason: job.reason.clone(),
+                        },
+                        "retried",
+                    ),
+                };
+                match self
+                    .coordinator
+                    .act_in(&mut tx, saga, &input, &job.operator)
+                    .await
+                {
+                    Ok(acted) if acted.changed() => {
+                        (done, String::new(), acted.commands().to_vec(), Some(acted))
+                    }
+                    Ok(_) => ("not_applicable", "nothing to do".to_owned(), Vec::new(), None),
+                    Err(e) => not_acted(e)?,
+                }
+            }
+            Some(kind @ (JobKind::Hold | JobKind::Release)) => {
+                let changed = if kind == JobKind::Hold {
+                    crate::store::place_hold(&mut tx, saga, &job.operator, &job.reason, now).await?
+                } else {
+                    crate::store::release_hold(&mut tx, saga, &job.operator, &job.reason, now).await?
+                };
+                let outcome = match (kind, changed) {
+                    (_, HoldChange::NoSaga) => "gone",
+                    (JobKind::Hold, HoldChange::Done(_)) => "held",
+                    (JobKind::Hold, HoldChange::Unchanged(_)) => "already_held",
+                    (_, HoldChange::Done(_)) => "released",
+                    (_, HoldChange::Unchanged(_)) => "not_held",
+                };
+                (outcome, String::new(), Vec::new(), None)
+            }
+            None => (
+                "failed",
+                format!("unknown job kind `{}`", job.kind),
+                Vec::new(),
+                None,
             ),
-            Err(ApplyError::Store(e)) => return Err(e.into()),
-            // The saga cannot be acted on (its definition is gone, its row unreadable): a result
-            // for the operator, not a reason to stop the job.
-            Err(e) => ("failed", e.to_string(), Vec::new(), None),
         };
+        let commands = planned(&commands, self.coordinator.topic_prefix());
         let item = Handled {
             seq: done + 1,
             saga_id: saga.as_uuid(),
@@ -305,6 +359,21 @@ impl JobRunner {
             _ = shutdown.cancelled() => Some(Stop::ShuttingDown),
             _ = tokio::time::sleep(retry.next_wait()) => None,
         }
+    }
+}
+
+/// The result of an action the saga could not take (the engine refused it, the saga is gone, its
+/// definition is missing): an outcome for the operator, not a reason to stop the job. A store
+/// error is one: the item is tried again.
+#[allow(clippy::type_complexity)]
+fn not_acted<'c>(e: ApplyError) -> Result<(&'static str, String, Vec<Command>, Option<Acted<'c>>), JobError> {
+    match e {
+        ApplyError::Store(e) => Err(e.into()),
+        ApplyError::UnknownSaga(_) => Ok(("gone", e.to_string(), Vec::new(), None)),
+        ApplyError::Engine(EngineError::NotAllowed(why) | EngineError::Invalid(why)) => {
+            Ok(("not_applicable", why, Vec::new(), None))
+        }
+        e => Ok(("failed", e.to_string(), Vec::new(), None)),
     }
 }
 

@@ -7,11 +7,11 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Job, JobError, JobItem, JobState, ReplayParams};
+use super::{Job, JobError, JobItem, JobParams, JobState};
 
 const JOB_COLUMNS: &str = "id, kind, state, operator, reason, params, cursor, processed, counts, owner, \
-                           lease_until, last_error, cancelled_by, cancel_reason, created_at, updated_at, \
-                           finished_at";
+                           lease_until, last_error, cancelled_by, cancel_reason, paused_by, pause_reason, \
+                           created_at, updated_at, finished_at";
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
@@ -29,6 +29,8 @@ struct JobRow {
     last_error: Option<String>,
     cancelled_by: Option<String>,
     cancel_reason: Option<String>,
+    paused_by: Option<String>,
+    pause_reason: Option<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -40,7 +42,7 @@ impl TryFrom<JobRow> for Job {
     fn try_from(r: JobRow) -> Result<Self, JobError> {
         let corrupt = |why: String| JobError::Corrupt { id: r.id, why };
         let state = JobState::parse(&r.state).ok_or_else(|| corrupt(format!("state `{}`", r.state)))?;
-        let params: ReplayParams =
+        let params: JobParams =
             serde_json::from_value(r.params.0.clone()).map_err(|e| corrupt(format!("params: {e}")))?;
         Ok(Job {
             id: r.id,
@@ -57,6 +59,8 @@ impl TryFrom<JobRow> for Job {
             last_error: r.last_error,
             cancelled_by: r.cancelled_by,
             cancel_reason: r.cancel_reason,
+            paused_by: r.paused_by,
+            pause_reason: r.pause_reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
@@ -74,7 +78,7 @@ pub(crate) async fn create(
     kind: &str,
     operator: &str,
     reason: &str,
-    params: &ReplayParams,
+    params: &JobParams,
 ) -> Result<Job, JobError> {
     let params = serde_json::to_value(params).map_err(|e| JobError::Corrupt {
         id: Uuid::nil(),
@@ -136,20 +140,54 @@ pub(crate) async fn items(
     .await?)
 }
 
-/// Cancels a running job. The replica working it stops before its next item (that item's
-/// transaction finds the job cancelled and rolls back).
+/// Cancels a running or paused job. The replica working it stops before its next item (that
+/// item's transaction finds the job cancelled and rolls back).
 pub(crate) async fn cancel(pool: &PgPool, id: Uuid, operator: &str, reason: &str) -> Result<Job, JobError> {
     let row = sqlx::query_as(&format!(
         "UPDATE operator_jobs SET state = 'cancelled', cancelled_by = $2, cancel_reason = $3, \
          owner = NULL, lease_until = NULL, finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND state = 'running' RETURNING {JOB_COLUMNS}"
+         WHERE id = $1 AND state IN ('running', 'paused') RETURNING {JOB_COLUMNS}"
     ))
     .bind(id)
     .bind(operator)
     .bind(reason)
     .fetch_optional(pool)
     .await?;
-    match job(row)? {
+    settled(pool, id, job(row)?).await
+}
+
+/// Pauses a running job (`pause`) or resumes a paused one. A paused job keeps its place: the
+/// replica that claims it after it is resumed goes on after the last item handled.
+pub(crate) async fn pause(
+    pool: &PgPool,
+    id: Uuid,
+    pause: bool,
+    operator: &str,
+    reason: &str,
+) -> Result<Job, JobError> {
+    let (from, to) = if pause {
+        ("running", "paused")
+    } else {
+        ("paused", "running")
+    };
+    let row = sqlx::query_as(&format!(
+        "UPDATE operator_jobs SET state = $4, paused_by = $2, pause_reason = $3, \
+         owner = NULL, lease_until = NULL, updated_at = now() \
+         WHERE id = $1 AND state = $5 RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(operator)
+    .bind(reason)
+    .bind(to)
+    .bind(from)
+    .fetch_optional(pool)
+    .await?;
+    settled(pool, id, job(row)?).await
+}
+
+/// The job a state change returned, or why there was none: no such job, or one in another state.
+async fn settled(pool: &PgPool, id: Uuid, changed: Option<Job>) -> Result<Job, JobError> {
+    match changed {
         Some(job) => Ok(job),
         None => {
             let existing = get(&mut *pool.acquire().await?, id).await?;

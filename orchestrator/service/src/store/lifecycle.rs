@@ -85,7 +85,7 @@ pub(crate) async fn place_hold(
         id,
         at,
         "hold_placed",
-        operator,
+        &format!("operator:{operator}"),
         json!({ "reason": reason }),
     )
     .await?;
@@ -117,7 +117,15 @@ pub(crate) async fn release_hold(
         "reason": reason,
         "hold": { "operator": hold.operator, "reason": hold.reason, "placed_at": hold.placed_at },
     });
-    record(&mut tx, id, at, "hold_released", operator, data).await?;
+    record(
+        &mut tx,
+        id,
+        at,
+        "hold_released",
+        &format!("operator:{operator}"),
+        data,
+    )
+    .await?;
     tx.commit().await?;
     Ok(HoldChange::Done(hold))
 }
@@ -160,23 +168,29 @@ pub(crate) struct Expiry {
     pub by_type: Vec<(String, DateTime<Utc>)>,
 }
 
-/// What one [`remove_expired`] batch removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Removed {
-    pub sagas: u64,
-    pub events: u64,
-    pub keys: u64,
+/// A batch of expired sagas, locked in the caller's transaction ([`select_expired`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Expired {
+    /// Every saga to remove: whole families, roots and the sagas below them.
+    pub doomed: Vec<Uuid>,
     /// Where the batch stopped (the last candidate's end time and id): the next batch of the
     /// same pass goes on after it. `None`: no candidates were left; the pass is over.
     pub last: Option<(DateTime<Utc>, Uuid)>,
 }
 
-/// Removes up to `limit` expired saga families after `after` (in order of end time), in one
-/// transaction: a saga that ended
+/// What [`delete_sagas`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    pub sagas: u64,
+    pub events: u64,
+    pub keys: u64,
+}
+
+/// Locks up to `limit` expired saga families after `after` (in order of end time), in the
+/// caller's transaction, for [`delete_sagas`]: a saga that ended
 /// (completed or compensated) before its type's cutoff, is not a child (a child goes with its
 /// parent), and neither it nor any saga below it is running, failed, held or owed an input —
-/// with its descendants, their history and their keys. Failed sagas are never removed: they wait
-/// for an operator.
+/// with its descendants. Failed sagas are never removed: they wait for an operator.
 ///
 /// Candidates are locked `FOR UPDATE SKIP LOCKED` (a saga being decided on, or being held right
 /// now, is skipped, never waited for); the delete then re-checks every condition in a new
@@ -184,14 +198,13 @@ pub(crate) struct Removed {
 /// operator's action — so nothing that stopped qualifying is removed. A family kept (a saga
 /// below the root is held, or busy) is passed over: the pass goes on after it rather than
 /// finding it first again.
-pub(crate) async fn remove_expired(
-    conn: &mut PgConnection,
+pub(crate) async fn select_expired(
+    tx: &mut PgConnection,
     expiry: &Expiry,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> Result<Removed, StoreError> {
+) -> Result<Expired, StoreError> {
     let (types, cutoffs): (Vec<String>, Vec<DateTime<Utc>>) = expiry.by_type.iter().cloned().unzip();
-    let mut tx = conn.begin().await?;
     // The first bound on `updated_at` (the latest cutoff of all) lets the scan read the
     // `sagas_finished` index; the second is the saga's own type's.
     let (after_at, after_id) = after.unzip();
@@ -215,7 +228,7 @@ pub(crate) async fn remove_expired(
     .await?;
     let last = candidates.last().map(|(id, at)| (*at, *id));
     if candidates.is_empty() {
-        return Ok(Removed::default());
+        return Ok(Expired::default());
     }
     let roots: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
     // Every saga of the candidates' families (a root and the sagas below it), each with whether
@@ -265,32 +278,26 @@ pub(crate) async fn remove_expired(
         .filter(|(root, _, _)| !kept.contains(root))
         .map(|(_, id, _)| *id)
         .collect();
-    if doomed.is_empty() {
-        return Ok(Removed {
-            last,
-            ..Removed::default()
-        });
-    }
+    Ok(Expired { doomed, last })
+}
+
+/// Deletes sagas with their history and keys, in the caller's transaction (retention, after
+/// [`select_expired`] locked them).
+pub(crate) async fn delete_sagas(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Removed, StoreError> {
     let sagas = sqlx::query("DELETE FROM sagas WHERE id = ANY($1)")
-        .bind(&doomed)
+        .bind(ids)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     let events = sqlx::query("DELETE FROM saga_events WHERE saga_id = ANY($1)")
-        .bind(&doomed)
+        .bind(ids)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     let keys = sqlx::query("DELETE FROM saga_keys WHERE saga_id = ANY($1)")
-        .bind(&doomed)
+        .bind(ids)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    tx.commit().await?;
-    Ok(Removed {
-        sagas,
-        events,
-        keys,
-        last,
-    })
+    Ok(Removed { sagas, events, keys })
 }

@@ -22,8 +22,15 @@ pub struct ListFilter {
     /// Inclusive id range (from an id prefix; see [`id_range`]).
     pub ids: Option<(Uuid, Uuid)>,
     pub idempotency_key: Option<String>,
+    /// The definition version the sagas run on (not part of [`ListFilter::matches`]: see
+    /// [`has_stored`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub definition_version: Option<u32>,
+    /// Text the failure reason contains (case-insensitive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_contains: Option<String>,
     /// Search key conditions (every one must hold). Not part of [`ListFilter::matches`]: a
-    /// saga's keys are not in its change notification (see [`has_keys`]).
+    /// saga's keys are not in its change notification (see [`has_stored`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyFilter>,
     /// Continue after this saga (the cursor): older ones when newest first, newer ones when oldest first.
@@ -33,7 +40,8 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
-    /// Whether a saga with these attributes matches (everything but the cursor and order).
+    /// Whether a saga with these attributes matches (everything but the cursor, the order, and
+    /// what a change notification does not carry: the version and the keys).
     #[allow(clippy::too_many_arguments)]
     pub fn matches(
         &self,
@@ -41,6 +49,7 @@ impl ListFilter {
         saga_type: &str,
         state: &str,
         current_step: Option<&str>,
+        failure_reason: Option<&str>,
         idempotency_key: Option<&str>,
         created_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
@@ -60,6 +69,14 @@ impl ListFilter {
                 .idempotency_key
                 .as_deref()
                 .is_none_or(|k| Some(k) == idempotency_key)
+            && self.failure_contains.as_deref().is_none_or(|text| {
+                failure_reason.is_some_and(|r| r.to_lowercase().contains(&text.to_lowercase()))
+            })
+    }
+
+    /// Whether the filter has conditions only the saga's row can answer.
+    fn needs_row(&self) -> bool {
+        !self.keys.is_empty() || self.definition_version.is_some()
     }
 }
 
@@ -88,19 +105,22 @@ impl KeyFilter {
     }
 }
 
-/// Whether saga `id` has every key of `keys` (for watchers: the change notification does not
-/// carry keys).
-pub(crate) async fn has_keys(
+/// Whether saga `id` meets the filter's conditions a change notification does not carry (its
+/// version, its keys): one lookup, none when the filter has no such condition.
+pub(crate) async fn has_stored(
     conn: &mut PgConnection,
     id: Uuid,
-    keys: &[KeyFilter],
+    filter: &ListFilter,
 ) -> Result<bool, StoreError> {
-    if keys.is_empty() {
+    if !filter.needs_row() {
         return Ok(true);
     }
     let mut q = QueryBuilder::new("SELECT count(*) FROM sagas WHERE id = ");
     q.push_bind(id);
-    for key in keys {
+    if let Some(v) = filter.definition_version {
+        q.push(" AND definition_version = ").push_bind(v as i32);
+    }
+    for key in &filter.keys {
         key.push_sql(&mut q);
     }
     let found: i64 = q.build_query_scalar().fetch_one(conn).await?;
@@ -140,22 +160,16 @@ pub(crate) struct SagaSummary {
     pub updated_at: DateTime<Utc>,
 }
 
-pub(crate) async fn list(
-    conn: &mut PgConnection,
-    filter: &ListFilter,
-    limit: i64,
-) -> Result<Vec<SagaSummary>, StoreError> {
-    let mut q = QueryBuilder::new(
-        "SELECT id, saga_type, state, current_step, failure_reason, created_at, updated_at FROM sagas WHERE true",
-    );
+/// The filter's conditions, after a `WHERE true`.
+fn push_conditions(q: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &ListFilter) {
     if let Some(t) = &filter.saga_type {
-        q.push(" AND saga_type = ").push_bind(t);
+        q.push(" AND saga_type = ").push_bind(t.clone());
     }
     if let Some(s) = filter.state {
         q.push(" AND state = ").push_bind(s.as_str());
     }
     if let Some(step) = &filter.current_step {
-        q.push(" AND current_step = ").push_bind(step);
+        q.push(" AND current_step = ").push_bind(step.clone());
     }
     // Creation times bound the (time-ordered) ids too, so a time range is an index range scan.
     if let Some(t) = filter.created_after {
@@ -181,11 +195,31 @@ pub(crate) async fn list(
             .push_bind(hi);
     }
     if let Some(k) = &filter.idempotency_key {
-        q.push(" AND idempotency_key = ").push_bind(k);
+        q.push(" AND idempotency_key = ").push_bind(k.clone());
+    }
+    if let Some(v) = filter.definition_version {
+        q.push(" AND definition_version = ").push_bind(v as i32);
+    }
+    if let Some(text) = &filter.failure_contains {
+        // strpos: no LIKE pattern characters to escape.
+        q.push(" AND strpos(lower(failure_reason), lower(")
+            .push_bind(text.clone())
+            .push(")) > 0");
     }
     for key in &filter.keys {
-        key.push_sql(&mut q);
+        key.push_sql(q);
     }
+}
+
+pub(crate) async fn list(
+    conn: &mut PgConnection,
+    filter: &ListFilter,
+    limit: i64,
+) -> Result<Vec<SagaSummary>, StoreError> {
+    let mut q = QueryBuilder::new(
+        "SELECT id, saga_type, state, current_step, failure_reason, created_at, updated_at FROM sagas WHERE true",
+    );
+    push_conditions(&mut q, filter);
     match (filter.cursor, filter.ascending) {
         (Some(c), false) => {
             q.push(" AND id < ").push_bind(c.as_uuid());
@@ -202,6 +236,15 @@ pub(crate) async fn list(
     });
     q.push(" LIMIT ").push_bind(limit);
     Ok(q.build_query_as().fetch_all(conn).await?)
+}
+
+/// How many sagas the filter selects, counting no further than `cap` (a bulk job's dry run: a
+/// count of millions would scan them all).
+pub(crate) async fn count(conn: &mut PgConnection, filter: &ListFilter, cap: i64) -> Result<i64, StoreError> {
+    let mut q = QueryBuilder::new("SELECT count(*) FROM (SELECT 1 FROM sagas WHERE true");
+    push_conditions(&mut q, filter);
+    q.push(" LIMIT ").push_bind(cap).push(") AS selected");
+    Ok(q.build_query_scalar().fetch_one(conn).await?)
 }
 
 #[cfg(test)]
@@ -246,21 +289,56 @@ mod tests {
             current_step: Some("create_user".into()),
             ..ListFilter::default()
         };
-        assert!(f.matches(id, "register_user", "failed", Some("create_user"), None, now, now));
+        assert!(f.matches(
+            id,
+            "register_user",
+            "failed",
+            Some("create_user"),
+            None,
+            None,
+            now,
+            now
+        ));
         assert!(!f.matches(
             id,
             "register_user",
             "failed",
             Some("create_author"),
             None,
+            None,
             now,
             now
         ));
-        assert!(!f.matches(id, "publish_post", "failed", Some("create_user"), None, now, now));
+        assert!(!f.matches(
+            id,
+            "publish_post",
+            "failed",
+            Some("create_user"),
+            None,
+            None,
+            now,
+            now
+        ));
+        let text = ListFilter {
+            failure_contains: Some("QUOTA".into()),
+            ..ListFilter::default()
+        };
+        assert!(text.matches(
+            id,
+            "x",
+            "failed",
+            None,
+            Some("no post quota left"),
+            None,
+            now,
+            now
+        ));
+        assert!(!text.matches(id, "x", "failed", None, Some("pen name taken"), None, now, now));
+        assert!(!text.matches(id, "x", "failed", None, None, None, now, now));
         let later = ListFilter {
             created_after: Some(now + chrono::TimeDelta::seconds(1)),
             ..ListFilter::default()
         };
-        assert!(!later.matches(id, "x", "running", None, None, now, now));
+        assert!(!later.matches(id, "x", "running", None, None, None, now, now));
     }
 }

@@ -8,8 +8,10 @@
 //!
 //! Layout: this file reads sagas (and locks them for a decision); `write` is [`commit`], the one
 //! write path; `list` is the filtered, paged listing and its [`ListFilter`]; `lifecycle` a saga's
-//! keys, legal holds and retention; `gauges` the scrape-time gauges of the table.
+//! keys, legal holds and retention; `export` the export format; `gauges` the scrape-time gauges
+//! of the table.
 
+mod export;
 mod gauges;
 mod lifecycle;
 mod list;
@@ -24,11 +26,13 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+pub(crate) use export::export_many;
 pub(crate) use gauges::sample_gauges;
 pub(crate) use lifecycle::{
-    Expiry, Hold, HoldChange, Removed, hold_of, keys_of, place_hold, release_hold, remove_expired,
+    Expiry, Hold, HoldChange, Removed, delete_sagas, hold_of, keys_of, place_hold, release_hold,
+    select_expired,
 };
-pub(crate) use list::{KeyFilter, ListFilter, SagaSummary, has_keys, id_range, list};
+pub(crate) use list::{KeyFilter, ListFilter, SagaSummary, count, has_stored, id_range, list};
 pub(crate) use write::{NewEvent, PendingInput, RowWrite, SagaWrite, commit, delete_input, lock_inputs};
 
 #[derive(Debug, thiserror::Error)]

@@ -375,7 +375,10 @@ async fn a_legal_hold_is_recorded_with_who_and_why_and_released() {
         .collect();
     assert_eq!(
         recorded,
-        vec![("hold_placed", "alice"), ("hold_released", "alice")]
+        vec![
+            ("hold_placed", "operator:alice"),
+            ("hold_released", "operator:alice")
+        ]
     );
 
     let missing = uuid::Uuid::now_v7().to_string();
@@ -575,6 +578,114 @@ async fn retention_never_races_sagas_that_are_finishing_or_being_held() {
             .count(&format!("SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM sagas s WHERE s.id = t.saga_id)"))
             .await;
         assert_eq!(orphans, 0, "{table} keeps nothing of a removed saga");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_streams_the_selected_sagas_with_their_history_in_a_stable_format() {
+    let (app, _dir) = spawn_with_catalog(CATALOG, |_| {}).await;
+    let ids = [
+        start(&app, "ticket", "E-1").await,
+        start(&app, "ticket", "E-2").await,
+        start(&app, "ticket", "E-3").await,
+    ];
+    start(&app, "batch", "X-1").await;
+    signal_done(&app, &ids[1], "T-E2").await;
+    hold(&app, &ids[2], "keep").await.expect("held");
+
+    let export = |limit: u64| {
+        let mut client = app.client.clone();
+        async move {
+            let request = saga_proto::v1::ExportSagasRequest {
+                filter: Some(by_key("ticket", "code", "E-", true).filter.expect("filter")),
+                limit,
+            };
+            let mut stream = client.export_sagas(request).await.expect("export").into_inner();
+            let mut docs = Vec::new();
+            while let Some(doc) = stream.message().await.expect("a document") {
+                docs.push(doc.json);
+            }
+            docs
+        }
+    };
+    let docs = export(0).await;
+    assert_eq!(docs, export(0).await, "the same sagas export the same way");
+    let parsed: Vec<serde_json::Value> = docs
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("JSON"))
+        .collect();
+    let exported: Vec<&str> = parsed.iter().filter_map(|d| d["saga_id"].as_str()).collect();
+    assert_eq!(
+        exported,
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "oldest first, tickets only"
+    );
+    for d in &parsed {
+        assert_eq!(d["format"], "saga-export/1");
+        assert_eq!(d["saga_type"], "ticket");
+        assert_eq!(d["history"][0]["kind"], "saga_started", "{d}");
+        assert!(d["steps"].is_array() && d["context"]["code"].is_string(), "{d}");
+    }
+    assert_eq!(parsed[1]["state"], "completed");
+    assert_eq!(parsed[1]["context"]["tracking"], "T-E2");
+    assert_eq!(
+        parsed[1]["search_keys"],
+        serde_json::json!([{"name": "code", "value": "E-2"}, {"name": "tracking", "value": "T-E2"}])
+    );
+    assert_eq!(parsed[2]["hold"]["reason"], "keep");
+    assert_eq!(parsed[0]["hold"], serde_json::Value::Null);
+    assert_eq!(export(2).await, docs[..2].to_vec(), "a limit");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retention_archives_what_it_removes_before_removing_it() {
+    let archive = tempfile::tempdir().expect("archive dir");
+    let dir = archive.path().to_path_buf();
+    let (app, _dir) = spawn_with_catalog(CATALOG, |s| {
+        s.retention.by_type.insert("ticket".into(), days(100.0));
+        s.retention.interval_ms = 20;
+        s.retention.archive_dir = Some(dir);
+    })
+    .await;
+    let first = start(&app, "ticket", "A-1").await;
+    let second = start(&app, "ticket", "A-2").await;
+    signal_done(&app, &first, "T-1").await;
+    signal_done(&app, &second, "T-2").await;
+    until_removed(&app, &first).await;
+    until_removed(&app, &second).await;
+
+    let mut archived = Vec::new();
+    for entry in std::fs::read_dir(archive.path()).expect("archive listed") {
+        let path = entry.expect("entry").path();
+        assert_eq!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("jsonl"),
+            "no partial file left: {path:?}"
+        );
+        for line in std::fs::read_to_string(&path).expect("archive read").lines() {
+            archived.push(serde_json::from_str::<serde_json::Value>(line).expect("a document"));
+        }
+    }
+    let mut ids: Vec<&str> = archived.iter().filter_map(|d| d["saga_id"].as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![first.as_str(), second.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "each removed saga archived once");
+    for d in &archived {
+        assert_eq!(d["format"], "saga-export/1");
+        assert_eq!(d["state"], "completed");
+        let kinds: Vec<&str> = d["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert!(
+            kinds.contains(&"signal_received") && kinds.contains(&"saga_completed"),
+            "{kinds:?}"
+        );
     }
     app.stop().await;
 }

@@ -445,7 +445,8 @@ async function listPage(params) {
       h('thead', {}, h('tr', {}, ['Saga', 'Type', 'State', 'Step', 'Created', 'Updated', 'Reason'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No sagas match.')))),
     h('div', { class: 'pager' }, first, next, h('span', { class: 'muted' }, `${rows.length} shown`)),
-    bulkReplayButton(params));
+    bulkReplayButton(params),
+    bulkActionForm(params));
   onChange = debounce(() => listPage(params), 700);
 }
 
@@ -471,6 +472,45 @@ function bulkReplayButton(params) {
     ' ', h('span', { class: 'why', id: 'act-bulk-replay-why' }, why));
 }
 
+// Any bulk action (hold, release, abort, retry, replay) for every saga the list's filters select:
+// a plan first (how many, the first of them), then a job started only on an explicit confirmation.
+function bulkActionForm(params) {
+  const signedIn = session.identity && session.identity.role === 'operator';
+  const body = {};
+  for (const [k, v] of [['type', params.get('type')], ['state', params.get('state')], ['step', params.get('step')],
+    ['since', params.get('since')], ['until', params.get('until')]]) if (v) body[k] = v;
+  const q = (params.get('q') || '').trim();
+  if (q.includes('=')) body.key = q;
+  const action = h('select', { id: 'bulk-action', 'aria-label': 'Bulk action' },
+    [['hold', 'Place legal hold'], ['release', 'Release legal hold'], ['abort', 'Abort'], ['retry', 'Retry step'],
+      ['replay_compensations', 'Replay compensation']].map(([v, l]) => h('option', { value: v }, l)));
+  const result = h('div', { id: 'bulk-plan', 'aria-live': 'polite' });
+  const plan = () => confirmDialog('Plan a bulk action',
+    'Nothing changes yet: the plan says how many sagas these filters select and shows the first of them.',
+    async (reason) => {
+      const request = Object.assign({ action: action.value, reason }, body);
+      const r = await api('/api/bulk/plan', { method: 'POST', body: JSON.stringify(request) });
+      const p = r.plan;
+      result.replaceChildren(
+        h('p', { id: 'bulk-count' }, `${p.capped ? 'At least ' : ''}${p.count} saga(s) selected for “${action.selectedOptions[0].textContent}”`,
+          p.capped ? ' (the job stops at its limit)' : ''),
+        p.sample.length ? h('ul', {}, p.sample.map((x) => h('li', {}, sagaLink(x.id), ` ${x.saga_type} · ${x.state}`))) : null,
+        h('button', { id: 'bulk-start', type: 'button', class: 'danger', disabled: p.count === 0,
+          onclick: async () => {
+            try {
+              const started = await api('/api/bulk', { method: 'POST', body: JSON.stringify(Object.assign({ confirmed: true }, request)) });
+              toast('Job started');
+              location.hash = '#/jobs/' + started.job.id;
+            } catch (err) { result.append(h('p', { class: 'error' }, err.message)); }
+          } }, `Start job for ${p.count} saga(s)`));
+    });
+  return h('div', { class: 'actions', role: 'group', 'aria-label': 'Act on the selected sagas' },
+    action, ' ',
+    h('button', { id: 'bulk-plan-button', type: 'button', disabled: !signedIn, onclick: plan }, 'Plan…'),
+    ' ', h('span', { class: 'why' }, signedIn ? '' : 'sign in with an operator token to act'),
+    result);
+}
+
 // ---------- jobs ----------
 
 let jobsTimer = null;
@@ -481,7 +521,9 @@ function jobCounts(j) {
 
 function jobSelection(j) {
   const f = j.params.filter;
-  return [f.saga_type || 'every type', f.state || '', f.current_step ? 'at ' + f.current_step : '',
+  const keys = (f.keys || []).map((k) => `${k.name || 'a key'} ${k.prefix ? 'starting with' : '='} ${k.value}`);
+  return [f.saga_type || 'every type', f.state || '', f.current_step ? 'at ' + f.current_step : '', ...keys,
+    f.failure_contains ? `failing with “${f.failure_contains}”` : '', f.definition_version ? 'v' + f.definition_version : '',
     f.created_after ? 'since ' + when(f.created_after) : '', f.created_before ? 'until ' + when(f.created_before) : '']
     .filter(Boolean).join(' ');
 }
@@ -499,7 +541,7 @@ async function jobsPage() {
     h('table', { id: 'job-list' },
       h('thead', {}, h('tr', {}, ['Job', 'Kind', 'State', 'Processed', 'Outcomes', 'Selects', 'Operator', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No jobs yet.')))));
-  if (page.jobs.some((j) => j.state === 'running')) jobsTimer = setTimeout(jobsPage, 1000);
+  if (page.jobs.some((j) => j.state === 'running' || j.state === 'paused')) jobsTimer = setTimeout(jobsPage, 1000);
 }
 
 async function jobPage(id) {
@@ -509,7 +551,7 @@ async function jobPage(id) {
   const signedIn = session.identity && session.identity.role === 'operator';
   const running = j.state === 'running';
   const cancel = h('div', { class: 'actions', role: 'group', 'aria-label': 'Operator actions' },
-    h('button', { id: 'act-cancel-job', type: 'button', class: 'danger', disabled: !(signedIn && running),
+    h('button', { id: 'act-cancel-job', type: 'button', class: 'danger', disabled: !(signedIn && (running || j.state === 'paused')),
       'aria-describedby': 'act-cancel-job-why',
       onclick: () => confirmDialog('Cancel job', 'The job stops before its next saga; what it did stays done. Job ' + j.id + '.',
         async (reason) => {
@@ -518,7 +560,15 @@ async function jobPage(id) {
           jobPage(id);
         }) }, 'Cancel job'),
     ' ', h('span', { class: 'why', id: 'act-cancel-job-why' },
-      !signedIn ? 'sign in with an operator token to act' : (running ? '' : `the job is ${j.state}`)));
+      !signedIn ? 'sign in with an operator token to act' : (running || j.state === 'paused' ? '' : `the job is ${j.state}`)),
+    ' ', h('button', { id: 'act-pause-job', type: 'button', disabled: !(signedIn && (running || j.state === 'paused')),
+      onclick: () => confirmDialog(running ? 'Pause job' : 'Resume job',
+        running ? 'No replica works the job until it is resumed.' : 'The job goes on after the last saga it handled.',
+        async (reason) => {
+          await api(`/api/jobs/${j.id}/${running ? 'pause' : 'resume'}`, { method: 'POST', body: JSON.stringify({ reason }) });
+          toast(running ? 'Job paused' : 'Job resumed');
+          jobPage(id);
+        }) }, j.state === 'paused' ? 'Resume job' : 'Pause job'));
   const meta = h('dl', { class: 'meta' },
     h('dt', {}, 'Job'), h('dd', { class: 'mono' }, j.id),
     h('dt', {}, 'Kind'), h('dd', {}, j.kind.replace(/_/g, ' ')),
@@ -529,6 +579,7 @@ async function jobPage(id) {
     j.owner ? [h('dt', {}, 'Worked by'), h('dd', { class: 'mono' }, j.owner)] : null,
     j.last_error ? [h('dt', {}, 'Held up by'), h('dd', { class: 'error' }, j.last_error)] : null,
     j.cancelled_by ? [h('dt', {}, 'Cancelled by'), h('dd', {}, `${j.cancelled_by}: “${j.cancel_reason}”`)] : null,
+    j.paused_by ? [h('dt', {}, j.state === 'paused' ? 'Paused by' : 'Last paused or resumed by'), h('dd', {}, `${j.paused_by}: “${j.pause_reason}”`)] : null,
     h('dt', {}, 'Created'), h('dd', {}, when(j.created_at)),
     j.finished_at ? [h('dt', {}, 'Finished'), h('dd', {}, when(j.finished_at))] : null);
   const items = h('table', { id: 'job-items' },
