@@ -137,7 +137,8 @@ pub(super) async fn step_latency(
                 LATERAL (VALUES ('action', e.rec->'action'), ('compensation', e.rec->'compensation')) AS p(phase, r),
                 LATERAL (SELECT extract(epoch FROM ((p.r->>'finished_at')::timestamptz
                                                     - (p.r->>'started_at')::timestamptz)) * 1000 AS ms) AS x
-           WHERE p.r->>'status' = 'succeeded'
+           -- A phase without both times (none should succeed so) is left out, not a NULL percentile.
+           WHERE p.r->>'status' = 'succeeded' AND x.ms IS NOT NULL
            GROUP BY 1, 2, 3, 4
            ORDER BY 1, 3, 4"#,
     )

@@ -194,3 +194,23 @@ async fn health_and_reflection_are_served() {
     );
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
 }
+
+/// The overview's step latencies skip a succeeded phase that lacks a time (a row written by an
+/// older release, or by hand) instead of failing the whole page with a NULL percentile.
+#[tokio::test]
+async fn the_overview_survives_a_succeeded_phase_without_times() {
+    let app = spawn_app_with(|s| s.relay.enabled = false).await;
+    sqlx::query(
+        "INSERT INTO sagas (id, saga_type, definition_version, state, version, context, steps, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'register_user', 1, 'completed', 3, '{}', \
+                 '[{\"action\": {\"status\": \"succeeded\", \"attempt\": 1}}]', now(), now())",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("seeded");
+    let response = reqwest::get(format!("http://{}/api/overview", app.http_addr))
+        .await
+        .expect("overview");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    app.stop().await;
+}
