@@ -8,6 +8,7 @@
 //! - [`browser`]: headless Chromium over WebDriver (dashboard tests and benchmark).
 //! - [`database`]: the `--database-server` argument of the demo and the dashboard benchmark.
 //! - [`otlp`]: an OTLP/gRPC span receiver (the conformance kit's and the end-to-end tests' traces).
+//! - [`timing`]: percentiles and timed GETs (the benchmarks).
 //! - `src/bin/demo.rs`: the README's demo; `src/bin/dashboard_bench.rs`: the dashboard at 100,000 sagas.
 
 pub mod audit;
@@ -15,3 +16,4 @@ pub mod browser;
 pub mod client;
 pub mod database;
 pub mod otlp;
+pub mod timing;

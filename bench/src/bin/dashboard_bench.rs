@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use saga_bench::database::DatabaseServer;
+use saga_bench::timing::{percentile, time_get};
 use saga_orchestrator::Settings;
 use saga_orchestrator::{Application, MIGRATOR};
 use saga_runtime::db::DatabaseSettings;
@@ -63,33 +64,6 @@ LATERAL (SELECT now() - interval '2 hours' * (((g * 7919) % 100000) / 100000.0) 
                      WHEN g % 100 < 95 THEN 'failed' WHEN g % 100 < 98 THEN 'running'
                      ELSE 'compensating' END AS state) t
 "#;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
-async fn time_query(
-    http: &reqwest::Client,
-    url: &str,
-    iterations: usize,
-) -> anyhow::Result<(Vec<f64>, usize)> {
-    let mut times = Vec::with_capacity(iterations);
-    let mut rows = 0;
-    for _ in 0..iterations {
-        let t = Instant::now();
-        let response = http.get(url).send().await?;
-        anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
-        let body: serde_json::Value = response.json().await?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        rows = body["sagas"].as_array().map_or(1, Vec::len);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times, rows))
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -188,7 +162,7 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
         "query", "p50 ms", "p99 ms", "max ms", "rows"
     );
     for (label, path) in &queries {
-        let (t, rows) = time_query(&http, &format!("{base}{path}"), args.iterations).await?;
+        let (t, rows) = time_get(&http, &format!("{base}{path}"), args.iterations).await?;
         println!(
             "{label:<36} {:>8.1} {:>8.1} {:>8.1} {rows:>6}",
             percentile(&t, 0.5),

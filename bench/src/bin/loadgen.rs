@@ -20,6 +20,7 @@ use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use saga_bench::audit::{Databases, audit};
 use saga_bench::client::Orchestrator;
+use saga_bench::timing::percentile;
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
 use saga_proto::v1::{SagaState, StartSagaRequest, WatchSagasRequest};
 use serde_json::json;
@@ -206,13 +207,6 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
 /// The cumulative buckets `(le, count)` of a Prometheus histogram, sorted by bound.

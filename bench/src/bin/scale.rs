@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use saga_bench::database::DatabaseServer;
+use saga_bench::timing::{percentile, time_get};
 use saga_orchestrator::{Application, MIGRATOR, Settings};
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
 use saga_proto::v1::{KeyMatch, ListSagasRequest, SagaFilter, StartSagaRequest};
@@ -103,13 +104,6 @@ FROM sagas s, LATERAL (VALUES ('email'), ('user_id'), ('post_id')) AS k(name)
 WHERE s.id >= $1 AND s.id < $2 AND s.context ? k.name
 ON CONFLICT DO NOTHING
 "#;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn line(label: &str, mut times: Vec<f64>, extra: &str) {
     times.sort_by(f64::total_cmp);
@@ -206,25 +200,6 @@ async fn orchestrator(
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok((grpc, http, shutdown, task))
-}
-
-async fn time_http(
-    http: &reqwest::Client,
-    url: &str,
-    iterations: usize,
-) -> anyhow::Result<(Vec<f64>, usize)> {
-    let mut times = Vec::with_capacity(iterations);
-    let mut rows = 0;
-    for _ in 0..iterations {
-        let t = Instant::now();
-        let response = http.get(url).send().await?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await?;
-        anyhow::ensure!(status.is_success(), "{url}: {status}: {body}");
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        rows = body["sagas"].as_array().map_or(1, Vec::len);
-    }
-    Ok((times, rows))
 }
 
 /// StartSaga at `rate`/s for `seconds`: the latencies (ms).
@@ -330,7 +305,7 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
         "read (no retention running)", "p50 ms", "p95 ms", "p99 ms"
     );
     for (label, path) in &queries {
-        let (t, rows) = time_http(&http, &format!("{http_base}{path}"), args.iterations).await?;
+        let (t, rows) = time_get(&http, &format!("{http_base}{path}"), args.iterations).await?;
         line(label, t, &format!("{rows} row(s)"));
     }
     let mut client = SagaOrchestratorClient::connect(grpc.clone()).await?;

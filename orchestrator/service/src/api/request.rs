@@ -325,14 +325,7 @@ impl BulkReplayRequest {
         dry_run: bool,
         bounds: &OperatorSettings,
     ) -> Result<Self, ApiError> {
-        match filter.state {
-            None | Some(SagaState::Failed) => filter.state = Some(SagaState::Failed),
-            Some(other) => {
-                return Err(ApiError::invalid(format!(
-                    "filter.state: replay applies to failed sagas, not {other} ones"
-                )));
-            }
-        }
+        filter.state = failed_only(filter.state)?;
         let reason = Reason::parse(reason)?;
         let (rate_per_second, limit) = pace(rate, limit, bounds)?;
         Ok(Self {
@@ -342,6 +335,17 @@ impl BulkReplayRequest {
             limit,
             dry_run,
         })
+    }
+}
+
+/// A replay's state filter: failed, whether the caller said so or not (replay applies to
+/// nothing else).
+fn failed_only(state: Option<SagaState>) -> Result<Option<SagaState>, ApiError> {
+    match state {
+        None | Some(SagaState::Failed) => Ok(Some(SagaState::Failed)),
+        Some(other) => Err(ApiError::invalid(format!(
+            "filter.state: replay applies to failed sagas, not {other} ones"
+        ))),
     }
 }
 
@@ -403,14 +407,7 @@ impl BulkJobRequest {
             ));
         }
         if kind == JobKind::ReplayCompensations {
-            filter.state = match filter.state {
-                None | Some(SagaState::Failed) => Some(SagaState::Failed),
-                Some(other) => {
-                    return Err(ApiError::invalid(format!(
-                        "filter.state: replay applies to failed sagas, not {other} ones"
-                    )));
-                }
-            };
+            filter.state = failed_only(filter.state)?;
         }
         let reason = Reason::parse(reason)?;
         let (rate_per_second, limit) = pace(rate, limit, bounds)?;
