@@ -481,6 +481,9 @@ function bulkActionForm(params) {
     ['since', params.get('since')], ['until', params.get('until')]]) if (v) body[k] = v;
   const q = (params.get('q') || '').trim();
   if (q.includes('=')) body.key = q;
+  // A free search (an id, a key's value) is not a filter a job can repeat: name the key instead.
+  const why = !signedIn ? 'sign in with an operator token to act'
+    : (q && !q.includes('=') ? 'a bulk action takes a search of the form name=value, not a free search' : '');
   const action = h('select', { id: 'bulk-action', 'aria-label': 'Bulk action' },
     [['hold', 'Place legal hold'], ['release', 'Release legal hold'], ['abort', 'Abort'], ['retry', 'Retry step'],
       ['replay_compensations', 'Replay compensation']].map(([v, l]) => h('option', { value: v }, l)));
@@ -506,8 +509,8 @@ function bulkActionForm(params) {
     });
   return h('div', { class: 'actions', role: 'group', 'aria-label': 'Act on the selected sagas' },
     action, ' ',
-    h('button', { id: 'bulk-plan-button', type: 'button', disabled: !signedIn, onclick: plan }, 'Plan…'),
-    ' ', h('span', { class: 'why' }, signedIn ? '' : 'sign in with an operator token to act'),
+    h('button', { id: 'bulk-plan-button', type: 'button', disabled: !!why, onclick: plan }, 'Plan…'),
+    ' ', h('span', { class: 'why' }, why),
     result);
 }
 
