@@ -6,14 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use saga_bench::database::DatabaseServer;
 use saga_bench::timing::{percentile, time_get};
 use saga_orchestrator::Settings;
 use saga_orchestrator::{Application, MIGRATOR};
 use saga_runtime::db::DatabaseSettings;
-use sqlx::{Connection, PgConnection};
+
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -68,25 +67,9 @@ LATERAL (SELECT now() - interval '2 hours' * (((g * 7919) % 100000) / 100000.0) 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let name = format!(
-        "bench_dashboard_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let mut admin = PgConnection::connect(&args.server.database("postgres"))
-        .await
-        .context("PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let url = args.server.database(&name);
-    let result = run(&args, &url).await;
-    if args.keep {
-        println!("kept database {name}");
-    } else {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
-    }
+    let db = args.server.scratch("bench_dashboard").await?;
+    let result = run(&args, &db.url).await;
+    db.finish(args.keep).await?;
     result
 }
 

@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use saga_bench::database::DatabaseServer;
 use saga_bench::timing::{percentile, time_get};
@@ -21,7 +20,7 @@ use saga_orchestrator::{Application, MIGRATOR, Settings};
 use saga_proto::v1::saga_orchestrator_client::SagaOrchestratorClient;
 use saga_proto::v1::{KeyMatch, ListSagasRequest, SagaFilter, StartSagaRequest};
 use saga_runtime::db::DatabaseSettings;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -119,21 +118,9 @@ fn line(label: &str, mut times: Vec<f64>, extra: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = saga_runtime::telemetry::init("scale", saga_runtime::telemetry::LogFormat::Human);
-    let name = format!("bench_scale_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let mut admin = PgConnection::connect(&args.server.database("postgres"))
-        .await
-        .context("PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let result = run(&args, &args.server.database(&name)).await;
-    if args.keep {
-        println!("kept database {name}");
-    } else {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await?;
-    }
+    let db = args.server.scratch("bench_scale").await?;
+    let result = run(&args, &db.url).await;
+    db.finish(args.keep).await?;
     result
 }
 
