@@ -50,7 +50,8 @@ APP_GRPC__LISTEN="127.0.0.1:$GRPC_PORT" APP_AUTH__OPERATORS__DEV="$DEV_OPERATOR_
     "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
 pids+=("$!")
 for svc in user-service post-service; do
-    "$bin/$svc" >"$LOGS/$svc.log" 2>&1 &
+    # The dedup window is checked against the orchestrator's reach before any inbox record is pruned.
+    APP_DEDUP__ORCHESTRATOR_URL=http://127.0.0.1:8080 "$bin/$svc" >"$LOGS/$svc.log" 2>&1 &
     pids+=("$!")
 done
 wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"

@@ -40,6 +40,8 @@ pub struct AuditReport {
     pub participants: Vec<String>,
     /// The orchestrator audit's findings.
     pub findings: Vec<AuditFinding>,
+    /// Findings about records participants pruned past their dedup window: not reported.
+    pub pruned_by_participants: u64,
     /// One line per finding, and one for sagas still in flight.
     pub violations: Vec<String>,
 }
@@ -124,6 +126,7 @@ pub async fn audit(
     }
     r.findings = report.findings;
     r.sagas_checked = report.sagas_checked;
+    r.pruned_by_participants = report.pruned_by_participants;
     r.participants = report.participants.into_iter().map(|p| p.name).collect();
     if r.in_flight > 0 {
         r.violations

@@ -112,6 +112,30 @@ pub struct LedgerPage {
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Cursor>,
+    /// The participant's dedup horizon: records of sagas created before this may have been
+    /// pruned, so their absence is not drift. Absent when nothing was ever pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_before: Option<DateTime<Utc>>,
+}
+
+/// The path, on the orchestrator's HTTP port, of a participant's reach: `{topic}` is the
+/// participant's logical command topic.
+pub const REACH_PATH: &str = "/api/participants/{topic}/reach";
+
+/// `GET /api/participants/{topic}/reach`: how long after a saga starts the orchestrator may
+/// still send it commands on `participant`'s topic, without an operator's replay or retry — the
+/// longest [lifetime](https://docs.rs) of any definition with a step there. A participant keeps
+/// its inbox records (its dedup window) at least this long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub participant: String,
+    /// Milliseconds; 0 when no definition sends commands to the topic.
+    pub reach_ms: u64,
+    /// The saga type and version with the longest lifetime, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// The path of the participant's unclaimed-effects check.

@@ -7,6 +7,7 @@ mod broker;
 mod consistency;
 mod constructs;
 mod dashboard;
+mod dedup;
 mod failures;
 mod faults;
 mod observability;

@@ -22,9 +22,11 @@ pub fn report_json(r: &pb::AuditReport) -> Value {
         "ledger_entries": r.ledger_entries,
         "retention_horizon": output::time(r.retention_horizon.as_ref()),
         "removed_by_retention": r.removed_by_retention,
+        "pruned_by_participants": r.pruned_by_participants,
         "participants": r.participants.iter().map(|p| json!({
             "name": p.name, "service": p.service, "commands_topic": p.commands_topic,
             "ledger_entries": p.ledger_entries,
+            "pruned_before": output::time(p.pruned_before.as_ref()),
         })).collect::<Vec<_>>(),
         "unaudited_topics": r.unaudited_topics,
         "findings": r.findings.iter().map(|f| json!({
@@ -75,6 +77,19 @@ pub fn report_text(r: &pb::AuditReport) -> String {
             "  {} saga(s) created before {} are gone from the orchestrator (retention): their participants' records are not drift\n",
             r.removed_by_retention,
             output::time(r.retention_horizon.as_ref())
+        );
+    }
+    if r.pruned_by_participants > 0 {
+        let horizons: Vec<String> = r
+            .participants
+            .iter()
+            .filter(|p| p.pruned_before.is_some())
+            .map(|p| format!("{} before {}", p.name, output::time(p.pruned_before.as_ref())))
+            .collect();
+        out += &format!(
+            "  {} finding(s) about records participants pruned past their dedup window ({}) are not drift\n",
+            r.pruned_by_participants,
+            horizons.join(", ")
         );
     }
     if r.findings.is_empty() {

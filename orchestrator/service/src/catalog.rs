@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use saga_engine::{DefinitionError, SagaDefinition, StepKind};
+use saga_proto::ledger::Reach;
 use serde::Deserialize;
 
 const BUILTIN: &str = include_str!("../../sagas.toml");
@@ -141,6 +142,35 @@ impl Catalog {
                 .any(|(_, c)| c.saga == to || self.starts(&c.saga, to, depth + 1))
     }
 
+    /// How long a saga of type `name` (newest version, the one children start on) can live;
+    /// see [`SagaDefinition::lifetime_ms`]. Children are acyclic (checked at load); `depth` is a
+    /// second guard.
+    fn lifetime_ms(&self, def: &SagaDefinition, depth: usize) -> u64 {
+        def.lifetime_ms(&|child| match self.latest(child) {
+            Some(c) if depth < 16 => self.lifetime_ms(c, depth + 1),
+            _ => u64::MAX,
+        })
+    }
+
+    /// How long after a saga starts the orchestrator may still send commands to `participant`
+    /// without an operator: the longest lifetime of any version with a step there.
+    pub(crate) fn reach(&self, participant: &str) -> Reach {
+        let longest = self
+            .all()
+            .filter(|d| d.commands(participant))
+            .map(|d| (self.lifetime_ms(d, 0), d))
+            .max_by(|(a, x), (b, y)| {
+                a.cmp(b)
+                    .then_with(|| (&y.name, y.version).cmp(&(&x.name, x.version)))
+            });
+        Reach {
+            participant: participant.to_owned(),
+            reach_ms: longest.map_or(0, |(ms, _)| ms),
+            saga: longest.map(|(_, d)| d.name.clone()),
+            version: longest.map(|(_, d)| d.version),
+        }
+    }
+
     /// Every version of every saga type, in no particular order.
     pub(crate) fn all(&self) -> impl Iterator<Item = &SagaDefinition> {
         self.versions.values().map(AsRef::as_ref)
@@ -190,6 +220,52 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_participants_reach_is_the_longest_lifetime_of_a_saga_that_commands_it_children_included() {
+        let text = r#"
+            [[saga]]
+            name = "kid"
+            version = 1
+            [[saga.steps]]
+            name = "k"
+            participant = "x.commands"
+            action = "K"
+            compensation = "UndoK"
+            deadline_ms = 1000
+            retry = { give_up_after_ms = 1000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            compensation_retry = { give_up_after_ms = 1000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            [[saga]]
+            name = "parent"
+            version = 1
+            [[saga.steps]]
+            name = "p"
+            participant = "y.commands"
+            action = "P"
+            deadline_ms = 1000
+            retry = { give_up_after_ms = 1000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            [[saga.steps]]
+            name = "kid"
+            child = { saga = "kid" }
+        "#;
+        let catalog = Catalog::from_toml(text).expect("valid");
+        // kid: 2 s forward, 2 s back; parent: 2 s, then the child's 4 s forward and 4 s back.
+        let x = catalog.reach("x.commands");
+        assert_eq!(
+            (x.reach_ms, x.saga.as_deref(), x.version),
+            (4_000, Some("kid"), Some(1))
+        );
+        let y = catalog.reach("y.commands");
+        assert_eq!(
+            (y.reach_ms, y.saga.as_deref()),
+            (2_000 + 4_000 + 4_000, Some("parent"))
+        );
+        let none = catalog.reach("z.commands");
+        assert_eq!((none.reach_ms, none.saga), (0, None));
+        // The demo's: register_user's two 5-minute steps and two one-hour compensations at most.
+        let builtin = Catalog::builtin().expect("valid");
+        assert!(builtin.reach("user.commands").reach_ms >= 2 * 305_000 + 2 * 3_605_000);
+    }
 
     #[test]
     fn a_child_step_must_name_a_compensable_saga_fill_its_input_and_not_cycle() {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::dedup::{self, Check, Checker, DedupSettings};
 use crate::domain::Domain;
 use crate::inbox::Participant;
 
@@ -51,6 +52,8 @@ pub struct ParticipantSettings<R> {
     pub log_format: LogFormat,
     /// The metrics/health port.
     pub http: HttpSettings,
+    /// How long inbox records are kept, checked against the orchestrator (see [`crate::dedup`]).
+    pub dedup: DedupSettings,
     pub rules: R,
 }
 
@@ -67,6 +70,7 @@ impl<R: ServiceDefaults + Default> Default for ParticipantSettings<R> {
             group: R::GROUP.into(),
             log_format: LogFormat::default(),
             http: HttpSettings::on(R::HTTP_LISTEN),
+            dedup: DedupSettings::default(),
             rules: R::default(),
         }
     }
@@ -96,6 +100,7 @@ pub struct ParticipantApp<D> {
     participant: Participant<D>,
     ledger: crate::audit::Ledger<D>,
     health: Health,
+    dedup: (Checker, DedupSettings),
 }
 
 impl<D: Domain> ParticipantApp<D> {
@@ -106,6 +111,24 @@ impl<D: Domain> ParticipantApp<D> {
         migrator: &'static Migrator,
     ) -> anyhow::Result<Self> {
         settings.kafka.security.validate()?;
+        // The dedup window first: a window the orchestrator's budgets outlast is refused before
+        // anything starts.
+        let checker = Checker::new(&settings.dedup, &settings.commands_topic, domain.name())?;
+        match checker.check().await {
+            Check::TooShort(why) => anyhow::bail!(why),
+            Check::Fits(reach) => tracing::info!(
+                reach_ms = reach.reach_ms,
+                window_hours = settings.dedup.window_hours,
+                "the dedup window outlasts the orchestrator's reach; inbox records past it will be pruned"
+            ),
+            Check::Unknown(why) => tracing::warn!(
+                %why,
+                "cannot check the dedup window against the orchestrator yet; nothing is pruned until it can"
+            ),
+            Check::Unconfigured => tracing::info!(
+                "no dedup.orchestrator_url: inbox records are kept (the window cannot be checked)"
+            ),
+        }
         let pool = db::connect(&settings.database)
             .await
             .with_context(|| format!("connecting to the {} database", domain.name()))?;
@@ -148,6 +171,7 @@ impl<D: Domain> ParticipantApp<D> {
             participant,
             ledger,
             health,
+            dedup: (checker, settings.dedup.clone()),
         })
     }
 
@@ -175,6 +199,8 @@ impl<D: Domain> ParticipantApp<D> {
                 .reporting_to(self.health.check("outbox relay"));
             tasks.spawn(relay.run(shutdown.clone()));
         }
+        let (checker, dedup) = self.dedup;
+        tasks.spawn(dedup::run(self.pool.clone(), checker, dedup, shutdown.clone()));
         let probes = http::Probes {
             pool: self.pool.clone(),
             producer: producer.clone(),

@@ -294,8 +294,17 @@ pub async fn read_unclaimed<D: Domain>(
     let mut tx = ledger.pool.begin().await?;
     sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
     sqlx::query(UNCLAIMED_PLAN).execute(&mut *tx).await?;
+    // An effect made by a saga whose records were pruned would look unclaimed: such sagas were
+    // created before the horizon and sent their last command within the reach after it, so
+    // effects are checked only from there on.
+    let since = match crate::dedup::horizon(&mut tx).await? {
+        Some((pruned_before, reach_ms)) => q
+            .since
+            .max(pruned_before + chrono::Duration::milliseconds(reach_ms)),
+        None => q.since,
+    };
     let window = UnclaimedWindow {
-        since: q.since,
+        since,
         until: q.until,
         after: q.after.as_ref(),
         limit: q.limit as i64,
@@ -436,6 +445,7 @@ pub async fn read_page<D: Domain>(ledger: &Ledger<D>, q: &LedgerQuery) -> Result
         .map(|(entry, &undone)| AuditedEntry { entry, undone })
         .collect();
     let findings = ledger.domain.check(&mut tx, &audited).await?;
+    let pruned_before = crate::dedup::horizon(&mut tx).await?.map(|(at, _)| at);
     tx.rollback().await?;
     let next = if full {
         entries.last().map(|e| Cursor {
@@ -452,6 +462,7 @@ pub async fn read_page<D: Domain>(ledger: &Ledger<D>, q: &LedgerQuery) -> Result
         entries,
         findings,
         next,
+        pruned_before,
     })
 }
 

@@ -15,8 +15,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use saga_proto::Phase;
 use saga_proto::envelope::{self, Command};
+use saga_proto::ledger::first_id_at;
 use saga_runtime::consumer::{Handler, Incoming, Transient, Verdict, Verdicts};
 use saga_runtime::outbox::{self, OutboxMessage};
 use serde_json::{Value, json};
@@ -47,6 +49,9 @@ pub enum Processed {
     New(Decision),
     /// Seen before: answered with the recorded outcome.
     Repeat(Decision),
+    /// Of a saga created before the dedup horizon: neither applied nor answered (dead-lettered
+    /// with this reason), because its earlier outcome may have been pruned.
+    Expired(String),
 }
 
 /// Consumes one service's command topic.
@@ -84,14 +89,19 @@ impl<D: Domain> Participant<D> {
             .iter()
             .map(|(c, _)| format!("{}/{}", c.saga_id, c.step_index))
             .collect();
+        // The pruner's lock, shared, first: the horizon read next cannot move until this
+        // transaction ends (see `dedup`).
         sqlx::query(
-            "SELECT pg_advisory_xact_lock(h) FROM \
-             (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY h OFFSET 0) AS s",
+            "SELECT CASE WHEN s.shared THEN pg_advisory_xact_lock_shared(s.h) ELSE pg_advisory_xact_lock(s.h) END \
+             FROM (SELECT true AS shared, $2::int8 AS h \
+                   UNION SELECT false, hashtextextended(k, 0) FROM unnest($1::text[]) AS k \
+                   ORDER BY shared DESC, h OFFSET 0) AS s",
         )
         .bind(&keys)
+        .bind(crate::dedup::PRUNE_LOCK)
         .execute(&mut *tx)
         .await?;
-        let mut book = recorded(&mut tx, commands.iter().map(|(c, _)| c)).await?;
+        let (mut book, horizon) = recorded(&mut tx, commands.iter().map(|(c, _)| c)).await?;
 
         let mut processed = Vec::with_capacity(commands.len());
         let mut replies = Vec::with_capacity(commands.len());
@@ -102,13 +112,25 @@ impl<D: Domain> Participant<D> {
             let span = tracing::info_span!(parent: parent, "handle", otel.name = %format!("handle {}", cmd.command_type),
                 saga_id = %cmd.saga_id, step = cmd.step_index, phase = cmd.phase.as_str(),
                 command = %cmd.command_type, attempt = cmd.attempt, outcome = tracing::field::Empty);
-            let db = tracing::info_span!(parent: &span, "db.transaction", db.system = "postgresql",
-                db.batch_size = commands.len());
-            let p = self.decide(&mut tx, &book, cmd).instrument(db).await?;
-            let decision = match &p {
+            let p = match horizon {
+                Some(pruned_before) if cmd.saga_id < first_id_at(pruned_before) => {
+                    Processed::Expired(expired(cmd, pruned_before))
+                }
+                _ => {
+                    let db = tracing::info_span!(parent: &span, "db.transaction", db.system = "postgresql",
+                        db.batch_size = commands.len());
+                    self.decide(&mut tx, &book, cmd).instrument(db).await?
+                }
+            };
+            match &p {
+                // Not answered: the earlier outcome may be gone, so there is none to give.
+                Processed::Expired(_) => {}
                 Processed::Repeat(d) => {
                     repeats.push(cmd);
-                    d
+                    replies.push(
+                        self.reply(cmd, d)
+                            .in_trace(&span.in_scope(saga_runtime::trace::current_headers)),
+                    );
                 }
                 Processed::New(d) => {
                     // A refused compensation is answered but not recorded, so the orchestrator's
@@ -117,12 +139,13 @@ impl<D: Domain> Participant<D> {
                         book.insert((cmd.saga_id, cmd.step_index, cmd.phase), d.clone());
                         new_rows.push((cmd, d.clone()));
                     }
-                    d
+                    // Each reply continues the trace of the command it answers.
+                    replies.push(
+                        self.reply(cmd, d)
+                            .in_trace(&span.in_scope(saga_runtime::trace::current_headers)),
+                    );
                 }
-            };
-            // Each reply continues the trace of the command it answers.
-            let trace = span.in_scope(saga_runtime::trace::current_headers);
-            replies.push(self.reply(cmd, decision).in_trace(&trace));
+            }
             processed.push(p);
             spans.push(span);
         }
@@ -137,12 +160,14 @@ impl<D: Domain> Participant<D> {
                 Processed::New(Decision::Applied(_)) => "applied",
                 Processed::New(Decision::Rejected(_)) => "rejected",
                 Processed::Repeat(_) => "repeat",
+                Processed::Expired(_) => "expired",
             };
             span.record("outcome", outcome);
             span.in_scope(|| match p {
                 Processed::Repeat(_) => tracing::info!("repeated command answered with the recorded outcome"),
                 Processed::New(Decision::Applied(_)) => tracing::info!("command applied"),
                 Processed::New(Decision::Rejected(reason)) => tracing::info!(%reason, "command rejected"),
+                Processed::Expired(reason) => tracing::warn!(%reason, "command not applied"),
             });
             let labels = [
                 ("service", self.domain.name().to_owned()),
@@ -217,12 +242,27 @@ impl<D: Domain> Participant<D> {
     }
 }
 
+/// Why a command of a saga created before the dedup horizon is dead-lettered.
+fn expired(cmd: &Command, pruned_before: DateTime<Utc>) -> String {
+    format!(
+        "saga {} was created before this service's dedup horizon ({}): its earlier outcomes may \
+         have been pruned, so {} ({}) is not applied; see the dedup window in \
+         docs/PARTICIPANT_PROTOCOL.md",
+        cmd.saga_id,
+        pruned_before.to_rfc3339_opts(SecondsFormat::Millis, true),
+        cmd.command_type,
+        cmd.phase.as_str(),
+    )
+}
+
+/// One row of [`recorded`]'s answer: the dedup horizon, and a record of the inbox if there is one.
 #[derive(sqlx::FromRow)]
 struct InboxRow {
-    saga: Uuid,
-    step: i32,
-    phase: String,
-    outcome: String,
+    pruned_before: Option<DateTime<Utc>>,
+    saga: Option<Uuid>,
+    step: Option<i32>,
+    phase: Option<String>,
+    outcome: Option<String>,
     reason: Option<String>,
     reply: Option<Value>,
 }
@@ -230,51 +270,51 @@ struct InboxRow {
 /// Recorded outcomes by (saga, step, phase).
 type Book = HashMap<(Uuid, u32, Phase), Decision>;
 
-/// The recorded outcomes of every step (both phases) of the sagas the commands name: a superset
-/// of the (saga, step) pairs asked about, which costs a few rows and saves planning. A lookup by
-/// `saga_id = ANY(…)` on the primary key's first column plans in a third of the time of the
-/// exact `(saga_id, step_index) IN (SELECT … FROM unnest(…))` semi-join (34 µs against 110 µs,
-/// measured with prepared statements on a 3,000-row inbox) and runs faster (22 against 32 µs);
-/// every statement is planned at each execution (`runtime::db`), so that is paid per batch.
+/// The dedup horizon (see [`crate::dedup`]; read after the batch took the pruner's lock shared,
+/// so it cannot move before the batch commits) and the recorded outcomes of every step (both
+/// phases) of the sagas the commands name, in one statement: the horizon's single row joined
+/// with the records, so it comes even when there are none.
+///
+/// The records are a superset of the (saga, step) pairs asked about, which costs a few rows and
+/// saves planning. A lookup by `saga_id = ANY(…)` on the primary key's first column plans in a
+/// third of the time of the exact `(saga_id, step_index) IN (SELECT … FROM unnest(…))` semi-join
+/// (34 µs against 110 µs, measured with prepared statements on a 3,000-row inbox) and runs faster
+/// (22 against 32 µs); every statement is planned at each execution (`runtime::db`), so that is
+/// paid per batch.
 async fn recorded(
     tx: &mut PgConnection,
     commands: impl Iterator<Item = &Command>,
-) -> Result<Book, sqlx::Error> {
+) -> Result<(Book, Option<DateTime<Utc>>), sqlx::Error> {
     let mut sagas: Vec<Uuid> = commands.map(|c| c.saga_id).collect();
     sagas.sort_unstable();
     sagas.dedup();
     let rows: Vec<InboxRow> = sqlx::query_as(
-        "SELECT saga_id AS saga, step_index AS step, phase, outcome, reason, reply FROM inbox \
-         WHERE saga_id = ANY($1)",
+        "SELECT h.pruned_before, i.saga_id AS saga, i.step_index AS step, i.phase, i.outcome, i.reason, i.reply \
+         FROM (SELECT max(pruned_before) AS pruned_before FROM inbox_pruning) AS h \
+         LEFT JOIN inbox i ON i.saga_id = ANY($1)",
     )
     .bind(sagas)
     .fetch_all(tx)
     .await?;
-    Ok(rows
+    let horizon = rows.first().and_then(|r| r.pruned_before);
+    let book = rows
         .into_iter()
-        .map(
-            |InboxRow {
-                 saga,
-                 step,
-                 phase,
-                 outcome,
-                 reason,
-                 reply,
-             }| {
-                // The table's CHECK constraint admits these two only.
-                let phase = if phase == Phase::Action.as_str() {
-                    Phase::Action
-                } else {
-                    Phase::Compensation
-                };
-                let decision = match outcome.as_str() {
-                    "success" => Decision::Applied(reply.unwrap_or(Value::Null)),
-                    _ => Decision::Rejected(reason.unwrap_or_default()),
-                };
-                ((saga, step as u32, phase), decision)
-            },
-        )
-        .collect())
+        .filter_map(|r| {
+            let (saga, step, phase, outcome) = (r.saga?, r.step?, r.phase?, r.outcome?);
+            // The table's CHECK constraint admits these two only.
+            let phase = if phase == Phase::Action.as_str() {
+                Phase::Action
+            } else {
+                Phase::Compensation
+            };
+            let decision = match outcome.as_str() {
+                "success" => Decision::Applied(r.reply.unwrap_or(Value::Null)),
+                _ => Decision::Rejected(r.reason.unwrap_or_default()),
+            };
+            Some(((saga, step as u32, phase), decision))
+        })
+        .collect();
+    Ok((book, horizon))
 }
 
 /// Records new outcomes (one statement for all).
@@ -351,17 +391,25 @@ async fn count_repeats(tx: &mut PgConnection, repeats: &[&Command]) -> Result<()
 impl<D: Domain> Handler for Participant<D> {
     async fn handle(&self, batch: &[Incoming<'_>]) -> Result<Verdicts, Transient> {
         let mut verdicts: Verdicts = Vec::with_capacity(batch.len());
+        // Where each accepted command's verdict is.
+        let mut at = Vec::with_capacity(batch.len());
         let mut commands = Vec::with_capacity(batch.len());
         for m in batch {
             match self.accept(m) {
                 Ok(cmd) => {
                     commands.push((cmd, m.span()));
+                    at.push(verdicts.len());
                     verdicts.push(Verdict::Done);
                 }
                 Err(reason) => verdicts.push(Verdict::Poison(reason)),
             }
         }
-        self.process_batch(&commands).await.map_err(Transient::new)?;
+        let processed = self.process_batch(&commands).await.map_err(Transient::new)?;
+        for (i, p) in at.into_iter().zip(processed) {
+            if let Processed::Expired(reason) = p {
+                verdicts[i] = Verdict::Poison(reason);
+            }
+        }
         Ok(verdicts)
     }
 }

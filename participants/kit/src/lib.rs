@@ -14,11 +14,14 @@
 //! - [`audit`]: `GET /audit/ledger`, the inbox as the orchestrator's consistency audit reads it,
 //!   with the domain's checks ([`Domain::check`]); `GET /audit/unclaimed` ([`Domain::unclaimed`])
 //!   and `GET /audit/facts/{set}`, the fact sets of the audit's cross-checks ([`Domain::facts`]).
+//! - [`dedup`]: the dedup window — how long inbox records are kept, checked against the
+//!   orchestrator's reach, and the pruning of older ones.
 //! - [`tables`]: what those read of the service's own tables, declared ([`EffectTable`],
 //!   [`FactSet`]) instead of written per service.
 
 pub mod app;
 pub mod audit;
+pub mod dedup;
 pub mod domain;
 pub mod error;
 pub mod inbox;
@@ -26,6 +29,7 @@ pub mod program;
 pub mod tables;
 
 pub use app::{ParticipantApp, ParticipantSettings, ServiceDefaults, migrate};
+pub use dedup::DedupSettings;
 pub use domain::{AuditedEntry, Domain, Unclaimed, UnclaimedWindow};
 pub use error::DomainError;
 pub use inbox::{Decision, Participant, Processed};

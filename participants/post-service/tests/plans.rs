@@ -99,7 +99,7 @@ async fn unclaimed_effects_are_read_without_nested_loops_on_tables_never_analyze
     let plans = notices.0.lock().unwrap().clone();
     let plan = plans
         .iter()
-        .find(|p| p.contains("FROM inbox"))
+        .find(|p| p.contains("NOT EXISTS (SELECT 1 FROM inbox i"))
         .unwrap_or_else(|| panic!("no plan of the unclaimed read among the notices: {plans:?}"));
     assert!(
         plan.contains("Anti Join") && !plan.contains("Nested Loop"),

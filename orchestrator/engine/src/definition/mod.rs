@@ -461,6 +461,40 @@ impl SagaDefinition {
         self.steps.iter().filter_map(|s| s.child.as_ref().map(|c| (s, c)))
     }
 
+    /// The longest a saga of this definition can send commands, from its start until it ends
+    /// or is parked for an operator: every stage spending its whole budget (a group as long as
+    /// its longest branch, a wait its timeout, a child saga `child(type)`), then every
+    /// compensable step's compensation spending its own. An upper bound, in milliseconds; an
+    /// operator's replay or retry starts a new budget and is not counted.
+    pub fn lifetime_ms(&self, child: &dyn Fn(&str) -> u64) -> u64 {
+        let forward = self.stages().into_iter().map(|stage| {
+            self.steps[stage]
+                .iter()
+                .map(|s| match s.kind() {
+                    StepKind::Participant => s.retry.longest_ms(s.deadline_ms),
+                    StepKind::Wait(w) => w.timeout_ms,
+                    StepKind::Child(c) => child(&c.saga),
+                })
+                .max()
+                .unwrap_or(0)
+        });
+        let back = self.steps.iter().map(|s| match s.kind() {
+            StepKind::Participant if s.compensation.is_some() => {
+                s.compensation_retry.longest_ms(s.deadline_ms)
+            }
+            StepKind::Child(c) => child(&c.saga),
+            _ => 0,
+        });
+        forward.chain(back).fold(0u64, u64::saturating_add)
+    }
+
+    /// Whether any step sends commands to `participant` (a command topic).
+    pub fn commands(&self, participant: &str) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.kind() == StepKind::Participant && s.participant == participant)
+    }
+
     /// Checks a `StartSaga` payload against the input fields and returns it as the saga's initial
     /// context. Rejects unknown fields so that a typo is an error rather than a silently missing value.
     pub fn validate_input(&self, payload: &Value) -> Result<Map<String, Value>, InputError> {
@@ -696,5 +730,48 @@ mod tests {
         assert!(
             toml::from_str::<SagaDefinition>("name = \"x\"\nversion = 1\nsteps = []\nbogus = 1").is_err()
         );
+    }
+
+    #[test]
+    fn a_lifetime_adds_stages_at_their_longest_branch_then_every_compensation() {
+        let text = r#"
+            name = "demo"
+            version = 1
+            [[steps]]
+            name = "a"
+            participant = "a.commands"
+            action = "A"
+            compensation = "UndoA"
+            deadline_ms = 1000
+            retry = { give_up_after_ms = 10000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            compensation_retry = { give_up_after_ms = 20000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            [[steps]]
+            name = "b"
+            group = "g"
+            participant = "b.commands"
+            action = "B"
+            compensation = "UndoB"
+            deadline_ms = 1000
+            retry = { max_attempts = 3, initial_backoff_ms = 10, max_backoff_ms = 500 }
+            compensation_retry = { give_up_after_ms = 30000, initial_backoff_ms = 10, max_backoff_ms = 100 }
+            [[steps]]
+            name = "c"
+            group = "g"
+            child = { saga = "kid" }
+            [[steps]]
+            name = "d"
+            wait = { approval = true, timeout_ms = 50000 }
+        "#;
+        let d: SagaDefinition = toml::from_str(text).expect("parses");
+        assert_eq!(d.validate(), Ok(()));
+        let kid = |name: &str| if name == "kid" { 7000 } else { 0 };
+        // a: 10 s + 1 s; group: max(3 × 1.5 s, the child's 7 s); the wait's 50 s; then the
+        // compensations of a (21 s), b (31 s) and the child (7 s).
+        assert_eq!(
+            d.lifetime_ms(&kid),
+            11_000 + 7_000 + 50_000 + 21_000 + 31_000 + 7_000
+        );
+        assert!(d.commands("a.commands") && d.commands("b.commands"));
+        assert!(!d.commands("kid.commands"));
     }
 }

@@ -85,6 +85,22 @@ impl RetryPolicy {
             .map(|ms| budget_start + TimeDelta::milliseconds(ms as i64))
     }
 
+    /// The longest a phase under this policy can keep the participant busy, from its first
+    /// attempt to the end of its last attempt's deadline: the time budget plus one deadline, or,
+    /// with only an attempt cap, every attempt's deadline and the longest backoff before it.
+    /// Backoff, jitter and the timer's tick only make a phase end sooner than this.
+    pub fn longest_ms(&self, deadline_ms: u64) -> u64 {
+        let by_time = self.give_up_after_ms.map(|ms| ms.saturating_add(deadline_ms));
+        let by_count = self
+            .max_attempts
+            .map(|n| u64::from(n).saturating_mul(deadline_ms.saturating_add(self.max_backoff_ms)));
+        match (by_time, by_count) {
+            (Some(t), Some(c)) => t.min(c),
+            (Some(ms), None) | (None, Some(ms)) => ms,
+            (None, None) => u64::MAX,
+        }
+    }
+
     /// The wait before the attempt after `failed_attempt` (1-based). `seed` picks the jitter (the
     /// first draw of a generator seeded with it, so the same seed gives the same wait); the
     /// engine derives it from the saga, step, phase and attempt so the result is reproducible.
@@ -127,6 +143,23 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_phase_lasts_at_most_its_budget_and_one_deadline_or_its_attempts() {
+        let timed = RetryPolicy::default();
+        assert_eq!(timed.longest_ms(5_000), 300_000 + 5_000);
+        let counted = RetryPolicy {
+            give_up_after_ms: None,
+            max_attempts: Some(3),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(counted.longest_ms(1_000), 3 * (1_000 + 5_000));
+        let both = RetryPolicy {
+            max_attempts: Some(2),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(both.longest_ms(1_000), 2 * (1_000 + 5_000));
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters_within_bounds() {

@@ -148,6 +148,7 @@ impl LedgerClient {
             service: None,
             topic: None,
             entries: 0,
+            pruned_before: None,
         }
     }
 
@@ -198,6 +199,8 @@ pub(crate) struct LedgerReader<'a> {
     service: Option<String>,
     topic: Option<String>,
     entries: u64,
+    /// The participant's dedup horizon, from its latest page.
+    pruned_before: Option<DateTime<Utc>>,
 }
 
 impl LedgerReader<'_> {
@@ -210,12 +213,19 @@ impl LedgerReader<'_> {
         self.topic.as_deref()
     }
 
+    /// Records of sagas created before this may have been pruned by the participant (known
+    /// after its first answer; `None` when it never pruned).
+    pub(crate) fn pruned_before(&self) -> Option<DateTime<Utc>> {
+        self.pruned_before
+    }
+
     pub(crate) fn coverage(&self) -> Coverage {
         Coverage {
             name: self.client.name.clone(),
             service: self.service.clone().unwrap_or_default(),
             commands_topic: self.topic.clone().unwrap_or_default(),
             entries: self.entries,
+            pruned_before: self.pruned_before,
         }
     }
 
@@ -245,6 +255,7 @@ impl LedgerReader<'_> {
             let page = self.client.page(&query).await?;
             self.service = Some(page.service);
             self.topic = Some(page.commands_topic);
+            self.pruned_before = page.pruned_before.max(self.pruned_before);
             if let Some(last) = page.entries.last() {
                 self.after = Some(Cursor {
                     saga_id: last.saga_id,

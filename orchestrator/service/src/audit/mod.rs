@@ -185,6 +185,7 @@ impl Auditor {
         let (mut sagas_checked, mut ledger_entries) = (0u64, 0u64);
         let horizon = self.retention_horizon();
         let mut removed = 0u64;
+        let mut pruned_by_participants = 0u64;
         let mut after: Option<Uuid> = None;
         loop {
             let rows: Vec<SagaRow> = sqlx::query_as(
@@ -220,6 +221,11 @@ impl Auditor {
             }
             ledger_entries += entries.len() as u64;
             sagas_checked += sagas.len() as u64;
+            // Below a participant's dedup horizon its records may be gone (or going).
+            let pruned: HashMap<&str, Uuid> = readers
+                .iter()
+                .filter_map(|r| r.pruned_before().map(|at| (r.name(), first_id_at(at))))
+                .collect();
             findings.extend(
                 self.check_page(&sagas, &entries, domain, &readers, rules, &mut unaudited)
                     .await?
@@ -229,7 +235,19 @@ impl Auditor {
                         let gone = f.kind == FindingKind::UnknownSaga
                             && horizon.zip(f.saga_id).is_some_and(|(h, id)| id < first_id_at(h));
                         removed += u64::from(gone);
-                        !gone
+                        let pruned_away = matches!(
+                            f.kind,
+                            FindingKind::MissingSuccess
+                                | FindingKind::MissingCompensation
+                                | FindingKind::EndedDifferently
+                        ) && f
+                            .participant
+                            .as_deref()
+                            .and_then(|p| pruned.get(p))
+                            .zip(f.saga_id)
+                            .is_some_and(|(below, id)| id < *below);
+                        pruned_by_participants += u64::from(pruned_away);
+                        !gone && !pruned_away
                     }),
             );
             after = sagas.last().map(|s| s.id).or(after);
@@ -273,6 +291,7 @@ impl Auditor {
             unaudited_topics: unaudited.into_iter().collect(),
             retention_horizon: horizon,
             removed_by_retention: removed,
+            pruned_by_participants,
             findings,
         });
         export_metrics(&report);

@@ -72,6 +72,10 @@ pub(crate) struct Coverage {
     pub service: String,
     pub commands_topic: String,
     pub entries: u64,
+    /// The participant's dedup horizon: its records of sagas created before this may have been
+    /// pruned, so their absence is not drift.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_before: Option<DateTime<Utc>>,
 }
 
 /// An audit's result.
@@ -92,6 +96,9 @@ pub(crate) struct AuditReport {
     /// Sagas participants have records of that the orchestrator no longer has, created before
     /// the retention horizon: removed by retention, not reported as unknown.
     pub removed_by_retention: u64,
+    /// Findings about a participant's missing or partial records of a saga created before that
+    /// participant's dedup horizon: pruned, not reported.
+    pub pruned_by_participants: u64,
     /// In saga id order, then by kind and step.
     pub findings: Vec<Finding>,
 }

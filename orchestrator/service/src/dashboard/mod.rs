@@ -89,6 +89,7 @@ pub(crate) fn router(d: Dashboard) -> Router {
         .route("/api/sagas/{id}/hold", post(sagas::hold))
         .route("/api/sagas/{id}/release", post(sagas::release))
         .route("/api/definitions", get(sagas::definitions))
+        .route(saga_proto::ledger::REACH_PATH, get(sagas::reach))
         .route("/api/jobs", get(jobs::list).post(jobs::start))
         .route("/api/jobs/{id}", get(jobs::detail))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))

@@ -460,3 +460,27 @@ pub(super) async fn definitions(
         .collect();
     Ok(axum::Json(json!({ "definitions": defs })).into_response())
 }
+
+/// `GET /api/participants/{topic}/reach`: how long after a saga starts this orchestrator may
+/// still send commands to the participant consuming `topic` (a participant checks its dedup
+/// window against it before it prunes; see `saga_proto::ledger::Reach`).
+pub(super) async fn reach(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(topic): Path<String>,
+) -> Result<Response, ApiError> {
+    d.api.reader(authorization(&headers))?;
+    // A Kafka topic name: at most 249 of a-z, A-Z, 0-9, `.`, `_` and `-`.
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "topic: `{}` is not a command topic name (1-249 of a-z, A-Z, 0-9, `.`, `_`, `-`)",
+            topic.chars().take(60).collect::<String>()
+        )));
+    }
+    Ok(axum::Json(d.api.coordinator().catalog().reach(&topic)).into_response())
+}

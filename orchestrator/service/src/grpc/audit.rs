@@ -40,11 +40,13 @@ fn report_pb(r: &AuditReport) -> pb::AuditReport {
                 service: p.service.clone(),
                 commands_topic: p.commands_topic.clone(),
                 ledger_entries: p.entries,
+                pruned_before: p.pruned_before.map(ts),
             })
             .collect(),
         unaudited_topics: r.unaudited_topics.clone(),
         retention_horizon: r.retention_horizon.map(ts),
         removed_by_retention: r.removed_by_retention,
+        pruned_by_participants: r.pruned_by_participants,
         findings: r
             .findings
             .iter()
