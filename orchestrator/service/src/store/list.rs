@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use saga_engine::{SagaId, SagaState};
+use saga_proto::ledger::first_id_at;
 use sqlx::{PgConnection, QueryBuilder};
 use uuid::Uuid;
 
@@ -117,19 +118,17 @@ pub(crate) async fn has_stored(
     }
     let mut q = QueryBuilder::new("SELECT count(*) FROM sagas WHERE id = ");
     q.push_bind(id);
-    if let Some(v) = filter.definition_version {
-        q.push(" AND definition_version = ").push_bind(v as i32);
-    }
-    for key in &filter.keys {
-        key.push_sql(&mut q);
-    }
+    // Only what a change notification does not carry; the rest was matched in memory.
+    push_conditions(
+        &mut q,
+        &ListFilter {
+            definition_version: filter.definition_version,
+            keys: filter.keys.clone(),
+            ..ListFilter::default()
+        },
+    );
     let found: i64 = q.build_query_scalar().fetch_one(conn).await?;
     Ok(found > 0)
-}
-
-/// The smallest UUIDv7 minted at or after `t` (ids sort by their creation millisecond).
-fn first_id_at(t: DateTime<Utc>) -> Uuid {
-    Uuid::from_u128(u128::from(t.timestamp_millis().max(0) as u64) << 80)
 }
 
 /// The inclusive range of ids starting with `prefix` (hex digits, dashes ignored), so a prefix
