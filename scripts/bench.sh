@@ -15,6 +15,14 @@
 #
 # BENCH_BIN=DIR runs the binaries in DIR instead of building: an A/B of two builds on one machine
 # (copy target/release/{orchestrator,user-service,post-service,loadgen} aside, change, compare).
+#
+# Load while retention works: BENCH_SEED_FINISHED=N seeds the orchestrator's database with N
+# finished sagas (history and keys) created over the last two days (bench/src/bin/scale.rs);
+# BENCH_RETENTION_DAYS=1 then makes retention remove the older day while the load runs, and
+# BENCH_RETENTION_DAYS=off keeps it from running at all (the comparison):
+#
+#   BENCH_SEED_FINISHED=1000000 BENCH_RETENTION_DAYS=1   scripts/bench.sh --rate 500 --duration 60
+#   BENCH_SEED_FINISHED=1000000 BENCH_RETENTION_DAYS=off scripts/bench.sh --rate 500 --duration 60
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$SAGA_ROOT"
@@ -50,6 +58,19 @@ else
     bin="$SAGA_ROOT/target/release"
 fi
 
+retention=()
+case "${BENCH_RETENTION_DAYS:-}" in
+    "") ;;
+    off) retention=(APP_RETENTION__ENABLED=false) ;;
+    *) retention=(APP_RETENTION__MAX_AGE_DAYS="$BENCH_RETENTION_DAYS") ;;
+esac
+if [[ -n "${BENCH_SEED_FINISHED:-}" ]]; then
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE bench_orchestrator" >/dev/null
+    log "seeding $BENCH_SEED_FINISHED finished sagas over two days"
+    RUST_LOG=warn "$bin/scale" --seed-into "postgres://postgres@$PG_HOST:$PG_PORT/bench_orchestrator" \
+        --sagas "$BENCH_SEED_FINISHED" --days 2 >"$LOGS/seed.log"
+fi
+
 export APP_KAFKA__BROKERS="127.0.0.1:$BROKER_PORT"
 export APP_DATABASE__CREATE_IF_MISSING=true
 # Extra connection parameters for every service's database URL (experiments), e.g.
@@ -61,7 +82,7 @@ APP_GRPC__LISTEN="127.0.0.1:$GRPC_PORT" APP_HTTP__LISTEN=127.0.0.1:18080 \
 APP_AUDIT__PARTICIPANTS__USERS=http://127.0.0.1:18081 APP_AUDIT__PARTICIPANTS__POSTS=http://127.0.0.1:18082 \
 APP_AUDIT__CROSS_CHECKS__AUTHORS_REPLICATE_USERS="users.users = posts.authors" \
 APP_AUDIT__CROSS_CHECKS__POST_COUNTS_AGREE="users.post_counts = posts.post_counts" \
-    "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
+    env ${retention[@]+"${retention[@]}"} "$bin/orchestrator" >"$LOGS/orchestrator.log" 2>&1 &
 pids+=("$!")
 APP_DATABASE__URL="postgres://postgres@$PG_HOST:$PG_PORT/bench_users$q" APP_HTTP__LISTEN=127.0.0.1:18081 \
 APP_RULES__DEFAULT_POST_QUOTA=100000000 \

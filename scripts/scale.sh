@@ -8,6 +8,7 @@
 #   scripts/scale.sh                         # 1 million sagas over 10 days (≈ 3 GB, ≈ 10 min)
 #   scripts/scale.sh --sagas 10000000        # the 10-million figure (≈ 25 GB of disk)
 #   scripts/scale.sh --sagas 200000 --keep   # keep the database afterwards (its name is printed)
+#   scripts/scale.sh --partitioned           # the alternative: daily partitions, the older half dropped
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$SAGA_ROOT"

@@ -7,6 +7,8 @@
 //!
 //!   cargo run --release -p saga-bench --bin scale -- [--sagas 1000000] [--days 10]
 //!   scripts/scale.sh --sagas 10000000        # the issue's figure (≈ 25 GB of disk, ≈ 1 h)
+//!   scale --seed-into postgres://…/db --sagas 1000000 --days 2   # only seed an existing database
+//!   scripts/scale.sh --partitioned           # the alternative: daily partitions, dropped whole
 //!
 //! Kafka is not needed: the orchestrator's relay and consumer are off (StartSaga writes its
 //! outbox rows, which stay).
@@ -42,7 +44,35 @@ struct Args {
     /// Keep the database (its name is printed) instead of dropping it.
     #[arg(long)]
     keep: bool,
+    /// Only seed this existing database (migrating it first) and stop: `scripts/bench.sh` with
+    /// `BENCH_SEED_FINISHED` measures load while retention removes what this seeds.
+    #[arg(long, value_name = "URL")]
+    seed_into: Option<String>,
+    /// Measure the alternative to batched deletes instead: the three tables partitioned by day
+    /// of saga id (UUIDv7, so by creation time), the older half removed by dropping partitions.
+    #[arg(long)]
+    partitioned: bool,
 }
+
+/// The saga tables re-created partitioned by range of saga id (a UUIDv7 range is a time range):
+/// the primary keys must hold the partition key, so the history's becomes (saga_id, id).
+const PARTITION: &str = r#"
+CREATE TABLE sagas_p (LIKE sagas INCLUDING DEFAULTS) PARTITION BY RANGE (id);
+ALTER TABLE sagas_p ADD PRIMARY KEY (id);
+CREATE TABLE saga_events_p (LIKE saga_events INCLUDING DEFAULTS) PARTITION BY RANGE (saga_id);
+ALTER TABLE saga_events_p ADD PRIMARY KEY (saga_id, id);
+CREATE TABLE saga_keys_p (LIKE saga_keys INCLUDING DEFAULTS) PARTITION BY RANGE (saga_id);
+ALTER TABLE saga_keys_p ADD PRIMARY KEY (saga_id, name, value);
+CREATE INDEX ON saga_keys_p (value, name, saga_id);
+DROP TABLE saga_keys, saga_events, sagas CASCADE;
+ALTER TABLE sagas_p RENAME TO sagas;
+ALTER TABLE saga_events_p RENAME TO saga_events;
+ALTER TABLE saga_keys_p RENAME TO saga_keys;
+CREATE SEQUENCE saga_events_id_seq OWNED BY saga_events.id;
+ALTER TABLE saga_events ALTER COLUMN id SET DEFAULT nextval('saga_events_id_seq');
+"#;
+
+const TABLES: [&str; 3] = ["sagas", "saga_events", "saga_keys"];
 
 /// Sagas seeded per statement.
 const CHUNK: i64 = 200_000;
@@ -118,8 +148,17 @@ fn line(label: &str, mut times: Vec<f64>, extra: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = saga_runtime::telemetry::init("scale", saga_runtime::telemetry::LogFormat::Human);
+    if let Some(url) = &args.seed_into {
+        let pool = PgPool::connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        return seed(&args, &pool).await;
+    }
     let db = args.server.scratch("bench_scale").await?;
-    let result = run(&args, &db.url).await;
+    let result = if args.partitioned {
+        partitioned(&args, &db.url).await
+    } else {
+        run(&args, &db.url).await
+    };
     db.finish(args.keep).await?;
     result
 }
@@ -137,8 +176,11 @@ async fn sizes(pool: &PgPool, title: &str) -> anyhow::Result<()> {
     );
     for table in ["sagas", "saga_events", "saga_keys"] {
         let (rows, heap, indexes, dead): (i64, i64, i64, i64) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {table}), pg_table_size('{table}'), pg_indexes_size('{table}'), \
-                    coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = '{table}'), 0)"
+            "SELECT (SELECT count(*) FROM {table}), \
+                    (SELECT sum(pg_table_size(relid))::int8 FROM pg_partition_tree('{table}')), \
+                    (SELECT sum(pg_indexes_size(relid))::int8 FROM pg_partition_tree('{table}')), \
+                    coalesce((SELECT sum(n_dead_tup)::int8 FROM pg_stat_user_tables \
+                              WHERE relid IN (SELECT relid FROM pg_partition_tree('{table}'))), 0)"
         ))
         .fetch_one(pool)
         .await?;
@@ -226,6 +268,13 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
         "Scale proof: {} finished sagas over {} days, on this machine (server and client co-located)",
         args.sagas, args.days
     );
+    seed(args, &pool).await?;
+    sizes(&pool, "Before retention").await?;
+    measure(args, url, &pool).await
+}
+
+/// `args.sagas` finished sagas over the last `args.days` days, with their history and keys.
+async fn seed(args: &Args, pool: &PgPool) -> anyhow::Result<()> {
     let seeding = Instant::now();
     let mut from = 1;
     while from <= args.sagas {
@@ -249,8 +298,8 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
     for i in 0..slices {
         let lo = id_at(now - span + span * i / slices);
         let hi = id_at(now - span + span * (i + 1) / slices + if i + 1 == slices { 60_000 } else { 0 });
-        sqlx::query(SEED_EVENTS).bind(lo).bind(hi).execute(&pool).await?;
-        sqlx::query(SEED_KEYS).bind(lo).bind(hi).execute(&pool).await?;
+        sqlx::query(SEED_EVENTS).bind(lo).bind(hi).execute(pool).await?;
+        sqlx::query(SEED_KEYS).bind(lo).bind(hi).execute(pool).await?;
         eprint!(
             "\rseeded history and keys {}/{slices} ({:.0} s)",
             i + 1,
@@ -258,9 +307,13 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
         );
     }
     eprintln!();
-    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE").execute(pool).await?;
     println!("seeded in {:.0} s", seeding.elapsed().as_secs_f64());
-    sizes(&pool, "Before retention").await?;
+    Ok(())
+}
+
+async fn measure(args: &Args, url: &str, pool: &PgPool) -> anyhow::Result<()> {
+    let pool = pool.clone();
 
     // Reads and writes without retention.
     let (grpc, http_base, shutdown, task) = orchestrator(url, None).await?;
@@ -414,4 +467,120 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
         (after - before) as f64 * 100.0 / before as f64
     );
     Ok(())
+}
+
+/// The partitioned alternative: daily partitions, seeded like the real tables, then the older
+/// half removed by detaching and dropping whole partitions while rows are written at the write
+/// rate. (What the real retention would also need here — keeping held, failed and running sagas
+/// and per-type ages — is not done: this measures the best case of dropping.)
+async fn partitioned(args: &Args, url: &str) -> anyhow::Result<()> {
+    let pool = PgPool::connect(url).await?;
+    MIGRATOR.run(&pool).await?;
+    sqlx::raw_sql(PARTITION).execute(&pool).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let day = 86_400_000i64;
+    let days = args.days.ceil() as i64 + 1;
+    // Day d covers [now - (days - d) days, now - (days - d - 1) days); the last one reaches a day
+    // into the future, for the writes.
+    for d in 0..=days {
+        let (lo, hi) = (now - (days - d) * day, now - (days - d - 1) * day);
+        for t in TABLES {
+            sqlx::query(&format!(
+                "CREATE TABLE {t}_d{d} PARTITION OF {t} FOR VALUES FROM ('{}') TO ('{}')",
+                id_at(lo),
+                id_at(hi)
+            ))
+            .execute(&pool)
+            .await?;
+        }
+    }
+    println!(
+        "Partitioned alternative: {} finished sagas over {} days in {} daily partitions per table",
+        args.sagas,
+        args.days,
+        days + 1
+    );
+    seed(args, &pool).await?;
+    sizes(&pool, "Before removal").await?;
+    let quiet = inserts(&pool, args.write_rate, 20, 0).await?;
+    line(
+        &format!("insert a saga at {}/s, no removal", args.write_rate),
+        quiet,
+        "",
+    );
+
+    // The older half: whole days older than args.days / 2.
+    let horizon = now - (args.days / 2.0 * day as f64) as i64;
+    let old: Vec<i64> = (0..=days)
+        .filter(|d| now - (days - d - 1) * day <= horizon)
+        .collect();
+    let expired: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE id < $1")
+        .bind(id_at(now - (days - old.len() as i64) * day))
+        .fetch_one(&pool)
+        .await?;
+    let busy = tokio::spawn({
+        let pool = pool.clone();
+        let rate = args.write_rate;
+        async move { inserts(&pool, rate, 20, 1_000_000_000).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dropping = Instant::now();
+    for d in &old {
+        for t in TABLES {
+            sqlx::query(&format!("ALTER TABLE {t} DETACH PARTITION {t}_d{d} CONCURRENTLY"))
+                .execute(&pool)
+                .await?;
+            sqlx::query(&format!("DROP TABLE {t}_d{d}"))
+                .execute(&pool)
+                .await?;
+        }
+    }
+    let took = dropping.elapsed().as_secs_f64();
+    let during = busy.await??;
+    println!(
+        "\ndropping {} daily partitions per table removed {expired} sagas (with {} history rows and their keys) in {took:.1} s",
+        old.len(),
+        expired * 6
+    );
+    line(
+        &format!("insert a saga at {}/s, partitions dropped", args.write_rate),
+        during,
+        "(20 s around the drops)",
+    );
+    sizes(&pool, "After dropping (no VACUUM needed: the files are gone)").await?;
+    Ok(())
+}
+
+/// One saga row inserted per call (the write that meets the partitioned parent), at `rate`/s for
+/// `seconds`, each in its own transaction: the latencies (ms). `base` keeps the generated ids
+/// apart between calls.
+async fn inserts(pool: &PgPool, rate: u32, seconds: u64, base: i64) -> anyhow::Result<Vec<f64>> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut calls = tokio::task::JoinSet::new();
+    let mut i = base + 2_000_000_000;
+    while Instant::now() < end {
+        tick.tick().await;
+        i += 1;
+        let pool = pool.clone();
+        calls.spawn(async move {
+            let t = Instant::now();
+            let mut tx = pool.begin().await?;
+            // A saga created now: 0.0 days of spread.
+            sqlx::query(SEED_SAGAS)
+                .bind(i)
+                .bind(i)
+                .bind(0.0)
+                .bind(i as f64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut times = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        times.push(done??);
+    }
+    Ok(times)
 }
