@@ -176,11 +176,13 @@ async fn sizes(pool: &PgPool, title: &str) -> anyhow::Result<()> {
     );
     for table in ["sagas", "saga_events", "saga_keys"] {
         let (rows, heap, indexes, dead): (i64, i64, i64, i64) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {table}), \
-                    (SELECT sum(pg_table_size(relid))::int8 FROM pg_partition_tree('{table}')), \
-                    (SELECT sum(pg_indexes_size(relid))::int8 FROM pg_partition_tree('{table}')), \
+            "WITH parts AS (SELECT relid FROM pg_partition_tree('{table}') \
+                            UNION SELECT '{table}'::regclass) \
+             SELECT (SELECT count(*) FROM {table}), \
+                    (SELECT sum(pg_table_size(relid))::int8 FROM parts), \
+                    (SELECT sum(pg_indexes_size(relid))::int8 FROM parts), \
                     coalesce((SELECT sum(n_dead_tup)::int8 FROM pg_stat_user_tables \
-                              WHERE relid IN (SELECT relid FROM pg_partition_tree('{table}'))), 0)"
+                              WHERE relid IN (SELECT relid FROM parts)), 0)"
         ))
         .fetch_one(pool)
         .await?;

@@ -122,15 +122,12 @@ impl<D: Domain> Participant<D> {
                     self.decide(&mut tx, &book, cmd).instrument(db).await?
                 }
             };
-            match &p {
+            let answer = match &p {
                 // Not answered: the earlier outcome may be gone, so there is none to give.
-                Processed::Expired(_) => {}
+                Processed::Expired(_) => None,
                 Processed::Repeat(d) => {
                     repeats.push(cmd);
-                    replies.push(
-                        self.reply(cmd, d)
-                            .in_trace(&span.in_scope(saga_runtime::trace::current_headers)),
-                    );
+                    Some(d)
                 }
                 Processed::New(d) => {
                     // A refused compensation is answered but not recorded, so the orchestrator's
@@ -139,12 +136,13 @@ impl<D: Domain> Participant<D> {
                         book.insert((cmd.saga_id, cmd.step_index, cmd.phase), d.clone());
                         new_rows.push((cmd, d.clone()));
                     }
-                    // Each reply continues the trace of the command it answers.
-                    replies.push(
-                        self.reply(cmd, d)
-                            .in_trace(&span.in_scope(saga_runtime::trace::current_headers)),
-                    );
+                    Some(d)
                 }
+            };
+            if let Some(d) = answer {
+                // Each reply continues the trace of the command it answers.
+                let trace = span.in_scope(saga_runtime::trace::current_headers);
+                replies.push(self.reply(cmd, d).in_trace(&trace));
             }
             processed.push(p);
             spans.push(span);
