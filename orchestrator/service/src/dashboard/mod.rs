@@ -4,7 +4,8 @@
 //! API (every error is a JSON `{"error": "..."}` with the status of its kind, see
 //! [`crate::api::error`]):
 //! - `GET /api/session` — whether reads need a token, and who the presented token belongs to.
-//! - `GET /api/overview` — counts by type and state, per-minute throughput and step latency over
+//! - `GET /api/overview` — counts by type and state (running, compensating and failed sagas all;
+//!   completed and compensated ones of the last hour), per-minute throughput and step latency over
 //!   the last hour, and the sagas needing attention.
 //! - `GET /api/sagas?type&state&step&since&until&q&order&limit&cursor` — one page of sagas.
 //! - `GET /api/sagas/{id}` — steps with commands and replies, history, and which actions apply.
@@ -220,15 +221,19 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
     let now = coordinator.now();
     let pool = coordinator.pool();
     // Independent queries, each on a connection of its own: the page waits for the slowest only.
-    let (counts, per_minute, latency, attention) = tokio::try_join!(
-        async { queries::counts(&mut *pool.acquire().await?).await },
-        async { queries::per_minute(&mut *pool.acquire().await?, now).await },
+    let (mut counts, (per_minute, finished), latency, attention) = tokio::try_join!(
+        async { queries::unfinished(&mut *pool.acquire().await?).await },
+        async { queries::last_hour(&mut *pool.acquire().await?, now).await },
         async { queries::step_latency(&mut *pool.acquire().await?, now, coordinator.catalog()).await },
         async { queries::needs_attention(&mut *pool.acquire().await?, now).await },
     )?;
+    for (saga_type, states) in finished {
+        counts.entry(saga_type).or_default().extend(states);
+    }
     Ok(axum::Json(json!({
         "generated_at": now,
         "saga_types": coordinator.catalog().names(),
+        // Running, compensating and failed: all of them; completed and compensated: in the last hour.
         "counts": counts,
         "per_minute": per_minute,
         "step_latency": latency,

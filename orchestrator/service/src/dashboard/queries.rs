@@ -1,6 +1,7 @@
 //! The overview's aggregate queries, each read from an index alone where PostgreSQL can
-//! (`migrations/orchestrator/0005_dashboard_indexes.sql`): counts from (saga_type, state, id),
-//! per-minute starts from created_at, per-minute finishes from the partial index of finished sagas;
+//! (`migrations/orchestrator/0005_dashboard_indexes.sql`, `0014_finished_by_type.sql`): unfinished
+//! and parked sagas counted from (state, id), per-minute starts from created_at, per-minute finishes
+//! and the last hour's finished sagas by type from the partial index of finished sagas;
 //! latencies over the most recent finished sagas only; attention lists over the few failed or
 //! unfinished sagas.
 
@@ -49,26 +50,32 @@ pub(super) struct Attention {
     pub sagas: Vec<SagaSummary>,
 }
 
-/// Sagas by type and state.
-pub(super) async fn counts(
-    conn: &mut PgConnection,
-) -> Result<BTreeMap<String, BTreeMap<String, i64>>, StoreError> {
-    let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT saga_type, state, count(*) FROM sagas GROUP BY saga_type, state")
-            .fetch_all(conn)
-            .await?;
-    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+/// Sagas by type and state, as the overview shows them.
+pub(super) type Counts = BTreeMap<String, BTreeMap<String, i64>>;
+
+/// Sagas that are not finished or are parked (running, compensating, failed), by type and state,
+/// all of them: few, and read from `sagas_state_id`.
+pub(super) async fn unfinished(conn: &mut PgConnection) -> Result<Counts, StoreError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT saga_type, state, count(*) FROM sagas \
+         WHERE state IN ('running', 'compensating', 'failed') GROUP BY saga_type, state",
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = Counts::new();
     for (t, s, n) in rows {
         out.entry(t).or_default().insert(s, n);
     }
     Ok(out)
 }
 
-/// Started and finished sagas per minute over the hour before `now`, zero-filled, oldest first.
-pub(super) async fn per_minute(
+/// The last hour before `now`: sagas started and finished per minute (zero-filled, oldest first),
+/// and the sagas that completed or were compensated in it by type. Finished sagas are counted
+/// over this window only — counting every finished saga ever kept would read the whole table.
+pub(super) async fn last_hour(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
-) -> Result<Vec<Minute>, StoreError> {
+) -> Result<(Vec<Minute>, Counts), StoreError> {
     let to_minute = |t: DateTime<Utc>| t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t);
     let start = to_minute(now) - TimeDelta::minutes(59);
     let mut minutes: Vec<Minute> = (0..60)
@@ -96,23 +103,27 @@ pub(super) async fn per_minute(
             minutes[i].started = n;
         }
     }
-    let finished: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
-        "SELECT date_trunc('minute', updated_at), state, count(*) FROM sagas \
-         WHERE state IN ('completed', 'compensated', 'failed') AND updated_at >= $1 GROUP BY 1, 2",
+    let finished: Vec<(DateTime<Utc>, String, String, i64)> = sqlx::query_as(
+        "SELECT date_trunc('minute', updated_at), state, saga_type, count(*) FROM sagas \
+         WHERE state IN ('completed', 'compensated', 'failed') AND updated_at >= $1 GROUP BY 1, 2, 3",
     )
     .bind(start)
     .fetch_all(&mut *conn)
     .await?;
-    for (m, state, n) in finished {
-        if let Some(i) = slot(m) {
-            match state.as_str() {
-                "completed" => minutes[i].completed = n,
-                "compensated" => minutes[i].compensated = n,
-                _ => minutes[i].failed = n,
-            }
+    let mut by_type = Counts::new();
+    for (m, state, saga_type, n) in finished {
+        let Some(i) = slot(m) else { continue };
+        let minute = &mut minutes[i];
+        match state.as_str() {
+            "completed" => minute.completed += n,
+            "compensated" => minute.compensated += n,
+            _ => minute.failed += n,
+        }
+        if state != "failed" {
+            *by_type.entry(saga_type).or_default().entry(state).or_default() += n;
         }
     }
-    Ok(minutes)
+    Ok((minutes, by_type))
 }
 
 /// p50/p90/p99 of succeeded step phases (first dispatch to success) over the most recent finished

@@ -356,12 +356,16 @@ async function overviewPage() {
   sagaTypes = o.saga_types;
   const byState = Object.fromEntries(STATES.map((st) => [st, 0]));
   for (const states of Object.values(o.counts)) for (const [st, n] of Object.entries(states)) byState[st] += n;
+  // Completed and compensated sagas are counted over the last hour (all of them would mean reading
+  // the whole table); running, compensating and failed ones all.
+  const lastHour = (st) => st === 'completed' || st === 'compensated';
   const cards = h('div', { class: 'cards', id: 'state-cards' }, STATES.map((st) =>
     h('div', { class: 'card' }, h('a', { href: '#/sagas?state=' + st, id: 'count-' + st },
-      h('div', { class: 'n' }, byState[st]), badge(st)))));
+      h('div', { class: 'n' }, byState[st]), badge(st),
+      lastHour(st) ? h('span', { class: 'muted' }, ' last hour') : null))));
   const types = h('table', { id: 'by-type' },
     h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Saga type'),
-      STATES.map((st) => h('th', { scope: 'col', class: 'num' }, st)))),
+      STATES.map((st) => h('th', { scope: 'col', class: 'num' }, lastHour(st) ? st + ' (last hour)' : st)))),
     h('tbody', {}, Object.entries(o.counts).map(([t, states]) => h('tr', {},
       h('th', { scope: 'row' }, h('a', { href: '#/sagas?type=' + t }, t)),
       STATES.map((st) => h('td', { class: 'num' }, states[st] || 0))))));
