@@ -180,7 +180,97 @@ async fn an_operator_filters_inspects_and_replays_sagas_in_the_browser() {
             .state,
         SagaState::Compensated as i32
     );
+
+    // A legal hold from the detail page, released again; both in the timeline.
+    let kept = &ids[0];
+    b.goto(&format!("{base}/#/sagas/{kept}")).await;
+    b.until("hold enabled", "!document.querySelector('#act-hold')?.disabled")
+        .await;
+    assert!(
+        !b.find("#act-release").await.is_enabled().await.unwrap(),
+        "nothing to release yet"
+    );
+    b.click("#act-hold").await;
+    b.until(
+        "the confirmation dialog",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    b.type_into("#confirm-reason", "case 4711").await;
+    b.click("#confirm-ok").await;
+    b.until(
+        "the hold shown",
+        "document.querySelector('#legal-hold')?.innerText.includes('case 4711')",
+    )
+    .await;
+    assert!(b.text("#legal-hold").await.contains("held by ops"));
+    b.find("#timeline li[data-kind='hold_placed'].operator").await;
+    b.screenshot("8-held.png").await;
+    b.until(
+        "release enabled",
+        "!document.querySelector('#act-release')?.disabled",
+    )
+    .await;
+    b.click("#act-release").await;
+    b.until(
+        "the confirmation dialog",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    b.type_into("#confirm-reason", "case 4711 closed").await;
+    b.click("#confirm-ok").await;
+    b.until(
+        "the hold gone",
+        "document.querySelector('#timeline li[data-kind=\"hold_released\"]') !== null \
+         && document.querySelector('#legal-hold') === null",
+    )
+    .await;
+
+    // A bulk hold by query from the list: a plan first (how many, nothing changed), then a job.
+    b.goto(&format!("{base}/#/sagas?type=register_user&state=completed"))
+        .await;
+    b.until(
+        "three completed sign-ups",
+        "document.querySelectorAll('#saga-list tr[data-saga]').length === 3",
+    )
+    .await;
+    b.find("#bulk-action")
+        .await
+        .select_by_value("hold")
+        .await
+        .unwrap();
+    b.click("#bulk-plan-button").await;
+    b.until(
+        "the confirmation dialog",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    b.type_into("#confirm-reason", "audit 2026").await;
+    b.click("#confirm-ok").await;
+    b.until("the plan", "document.querySelector('#bulk-count') !== null")
+        .await;
+    assert_eq!(
+        b.text("#bulk-count").await,
+        "3 saga(s) selected for “Place legal hold”"
+    );
+    let holds = "SELECT count(*) FROM saga_holds";
+    assert_eq!(
+        saga_e2e::Stack::scalar(&stack.dbs.orchestrator, holds).await,
+        0,
+        "a plan changes nothing"
+    );
+    b.screenshot("9-bulk-plan.png").await;
+    b.click("#bulk-start").await;
+    b.until(
+        "the hold job's page, completed",
+        "location.hash.startsWith('#/jobs/') && document.querySelector('#job-state')?.dataset.state === 'completed'",
+    )
+    .await;
+    assert_eq!(b.text("#job-processed").await, "3 (held 3)");
+    assert_eq!(saga_e2e::Stack::scalar(&stack.dbs.orchestrator, holds).await, 3);
     for name in [
+        "8-held.png",
+        "9-bulk-plan.png",
         "7-job.png",
         "1-overview.png",
         "2-list-compensated.png",

@@ -511,10 +511,12 @@ function bulkActionForm(params) {
             } catch (err) { result.append(h('p', { class: 'error' }, err.message)); }
           } }, `Start job for ${p.count} saga(s)`));
     });
-  return h('div', { class: 'actions', role: 'group', 'aria-label': 'Act on the selected sagas' },
-    action, ' ',
-    h('button', { id: 'bulk-plan-button', type: 'button', disabled: !!why, onclick: plan }, 'Plan…'),
-    ' ', h('span', { class: 'why' }, why),
+  // The plan goes below the controls, not beside them.
+  return h('div', {},
+    h('div', { class: 'actions', role: 'group', 'aria-label': 'Act on the selected sagas' },
+      action, ' ',
+      h('button', { id: 'bulk-plan-button', type: 'button', disabled: !!why, onclick: plan }, 'Plan…'),
+      ' ', h('span', { class: 'why' }, why)),
     result);
 }
 
