@@ -183,7 +183,7 @@ impl Auditor {
         let mut findings = Vec::new();
         let mut unaudited = BTreeSet::new();
         let (mut sagas_checked, mut ledger_entries) = (0u64, 0u64);
-        let horizon = self.retention_horizon();
+        let mut horizon;
         let mut removed = 0u64;
         let mut pruned_by_participants = 0u64;
         let mut after: Option<Uuid> = None;
@@ -221,6 +221,10 @@ impl Auditor {
             }
             ledger_entries += entries.len() as u64;
             sagas_checked += sagas.len() as u64;
+            // Taken after the page's reads: a saga retention removed before them ended over an age
+            // ago, so it was created before this horizon, even when the audit runs longer than
+            // that age.
+            horizon = self.retention_horizon();
             // Below a participant's dedup horizon its records may be gone (or going).
             let pruned: HashMap<&str, Uuid> = readers
                 .iter()
