@@ -37,6 +37,8 @@ pub const DEMO_CROSS_CHECKS: [(&str, &str); 2] = [
 ];
 /// The operator credential the stack's orchestrator accepts (operator `ops`).
 pub const OPERATOR_TOKEN: &str = "e2e-operator-token-000001";
+/// The reader token of a stack whose reads are protected ([`Options::protect_reads`]).
+pub const READER_TOKEN: &str = "e2e-reader-token-0000001";
 
 /// A service task and the token that stops it.
 struct Running {
@@ -69,6 +71,8 @@ pub struct Options {
     /// Retention's age for every saga type, in days, looked at every 20 ms (default: the
     /// orchestrator's, 30 days, looked at every minute).
     pub retention_days: Option<f64>,
+    /// Reads need a token: [`READER_TOKEN`] (reader `participants`) or [`OPERATOR_TOKEN`].
+    pub protect_reads: bool,
 }
 
 /// The three services and their databases.
@@ -221,6 +225,13 @@ impl Stack {
             .auth
             .operators
             .insert("ops".into(), secrecy::SecretString::from(OPERATOR_TOKEN));
+        if options.protect_reads {
+            settings.auth.protect_reads = true;
+            settings
+                .auth
+                .readers
+                .insert("participants".into(), secrecy::SecretString::from(READER_TOKEN));
+        }
         let clock = Arc::new(ShiftedClock::default());
         let app = Application::build_with_clock(settings, clock.clone())
             .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
-use saga_e2e::{Stack, WAIT};
+use saga_e2e::{Options, READER_TOKEN, Stack, WAIT};
 use saga_participant::dedup::{self, Check, Checker};
 use saga_participant::{ParticipantApp, ParticipantSettings};
 use saga_proto::ledger::Reach;
@@ -150,4 +150,27 @@ async fn a_participant_prunes_past_its_window_never_applies_an_old_sagas_command
     let report = stack.audit().await;
     assert!(report.consistent(), "{:?}", report.violations);
     stack.stop().await;
+}
+
+/// Where the orchestrator protects reads (as in prod), the participant shows a reader token to
+/// learn the reach; without one it learns nothing, so it would prune nothing.
+#[tokio::test]
+async fn a_participant_shows_a_reader_token_where_reads_are_protected() {
+    let stack = Stack::start_with(Options {
+        protect_reads: true,
+        ..Options::default()
+    })
+    .await;
+    let mut settings = users_settings(&stack, 1_000.0);
+    let without = Checker::new(&settings.dedup, "user.commands", "user-service").unwrap();
+    match without.check().await {
+        Check::Unknown(why) => assert!(why.contains("401"), "{why}"),
+        other => panic!("a check without a token: {other:?}"),
+    }
+    settings.dedup.orchestrator_token = Some(READER_TOKEN.into());
+    let with = Checker::new(&settings.dedup, "user.commands", "user-service").unwrap();
+    match with.check().await {
+        Check::Fits(reach) => assert!(reach.reach_ms > 0, "{reach:?}"),
+        other => panic!("a check with a reader token: {other:?}"),
+    }
 }
