@@ -4,10 +4,12 @@
 # the post service, each a process — driven with a mixed workload through the gRPC API (every
 # built-in saga type: register_user, publish_post, and moderated_post with its parallel group, a
 # few approved or rejected by the harness as a moderator) while the harness SIGKILLs and SIGTERMs
-# services and restarts PostgreSQL and the broker. It then waits for quiet and reports, per fault
-# and per kind of request, what became of every saga (bench/src/bin/chaos.rs); it exits non-zero
+# services and restarts PostgreSQL and the broker, and retention, legal holds and bulk hold and
+# release jobs work beside it. It then waits for quiet and reports, per fault
+# and per kind of request, what became of every saga (bench/src/bin/chaos/); it exits non-zero
 # on any saga lost, applied twice, unfinished, compensated because of a timeout or otherwise than
-# intended, or on any disagreement between the databases.
+# intended, on a held saga removed or a bulk job not completed, or on any disagreement between the
+# databases.
 #
 #   scripts/chaos.sh                       # every fault for 90 s each, 30 sagas/s (release build)
 #   scripts/chaos.sh --short               # CI: every fault for 15 s each (debug build)

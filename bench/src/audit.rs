@@ -42,6 +42,8 @@ pub struct AuditReport {
     pub findings: Vec<AuditFinding>,
     /// Findings about records participants pruned past their dedup window: not reported.
     pub pruned_by_participants: u64,
+    /// Participants' records of sagas the orchestrator's retention removed: not reported.
+    pub removed_by_retention: u64,
     /// One line per finding, and one for sagas still in flight.
     pub violations: Vec<String>,
 }
@@ -127,6 +129,7 @@ pub async fn audit(
     r.findings = report.findings;
     r.sagas_checked = report.sagas_checked;
     r.pruned_by_participants = report.pruned_by_participants;
+    r.removed_by_retention = report.removed_by_retention;
     r.participants = report.participants.into_iter().map(|p| p.name).collect();
     if r.in_flight > 0 {
         r.violations

@@ -9,6 +9,10 @@
 //! - `postgres`: the database server stopped (fast) and started again after 5 s;
 //! - `broker`: the Kafka broker SIGKILLed and started again after 5 s, its log kept.
 //!
+//! Through every phase the lifecycle works too ([`lifecycle`]): retention removes sagas half a
+//! minute after they end, archiving them first; the harness holds some sagas and holds and
+//! releases others by bulk jobs.
+//!
 //! The workload (see [`request`]) has every built-in saga type: `register_user`, `publish_post`
 //! (three steps in a line) and `moderated_post` — its quota reservation and draft run in parallel,
 //! so a fault can hit one branch while the other is in flight. Most `moderated_post` sagas are for
@@ -20,7 +24,8 @@
 //! saga the API accepted: completed, compensated by a business rule or a moderator's rejection (as
 //! the workload intended), compensated or parked because a step gave up (timeouts: the target is
 //! none), otherwise parked, with an unexpected outcome (a moderation that timed out is one),
-//! unfinished, or lost (accepted but absent); and the consistency audit of the three databases,
+//! unfinished, or lost (accepted but neither in the database nor in retention's archive); the
+//! lifecycle's checks; and the consistency audit of the three databases,
 //! whose post-count checks are what "applied twice" means here. The audit compares every saga with
 //! the participants' ledgers and checks their data, whatever the saga type — a completed post saga
 //! left a post and a counted slot, a compensated one neither — and the harness checks that it did
@@ -48,6 +53,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
+
+mod lifecycle;
 
 #[derive(Parser, Clone)]
 #[command(about = "Inject faults into a running saga coordinator and report what became of every saga")]
@@ -92,6 +99,10 @@ struct Args {
     /// Run the services without static group membership (`APP_KAFKA__INSTANCE_ID`), to compare.
     #[arg(long)]
     no_static_membership: bool,
+    /// Seconds a finished saga is kept before retention removes it (archived first); 0 turns
+    /// retention, holds and bulk jobs off.
+    #[arg(long, default_value_t = 30)]
+    retention_secs: u64,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -250,6 +261,7 @@ struct Shared {
     /// Requests the API refused for good (after retrying on both replicas).
     not_accepted: Mutex<BTreeMap<usize, u64>>,
     moderation: Mutex<Moderation>,
+    lifecycle: Mutex<lifecycle::Lifecycle>,
     phase: std::sync::atomic::AtomicUsize,
 }
 
@@ -283,6 +295,13 @@ async fn main() -> anyhow::Result<()> {
     }
     admin.close().await;
 
+    // Retention's archive, shared by both replicas, empty at the start.
+    let archive = args.work_dir.join("archive");
+    if archive.exists() {
+        std::fs::remove_dir_all(&archive)?;
+    }
+    std::fs::create_dir_all(&archive)?;
+
     // The broker, with its log in the work directory (kept across its restarts).
     let broker_dir = args.work_dir.join("kafka");
     let mut broker = start_broker(&args, &broker_dir, 1).await?;
@@ -293,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
         started: Mutex::new(Vec::new()),
         not_accepted: Mutex::new(BTreeMap::new()),
         moderation: Mutex::new(Moderation::default()),
+        lifecycle: Mutex::new(lifecycle::Lifecycle::default()),
         phase: std::sync::atomic::AtomicUsize::new(0),
     });
     for s in lock(&shared.services).iter_mut() {
@@ -329,8 +349,16 @@ async fn main() -> anyhow::Result<()> {
         workload.clone(),
         seed,
         args.rate,
+        args.retention_secs > 0,
         stop.clone(),
     ));
+    let bulk = (args.retention_secs > 0).then(|| {
+        tokio::spawn(lifecycle::bulk_jobs(
+            clients.clone(),
+            shared.clone(),
+            stop.clone(),
+        ))
+    });
     let mut last_fault = Instant::now();
     for (i, fault) in faults.iter().enumerate() {
         shared.phase.store(i, std::sync::atomic::Ordering::SeqCst);
@@ -390,6 +418,9 @@ async fn main() -> anyhow::Result<()> {
     }
     stop.cancel();
     let _ = load.await;
+    if let Some(bulk) = bulk {
+        let _ = bulk.await;
+    }
     let _ = supervisor.await;
     // The last restarted service must be back before "quiet" starts counting.
     for s in lock(&shared.services).iter_mut() {
@@ -422,7 +453,25 @@ async fn main() -> anyhow::Result<()> {
         (Instant::now() - last_fault).as_secs_f64()
     );
 
-    let ok = report(&shared, &faults, &db, started_at).await?;
+    // The database first, then the archive: retention archives a saga before it removes it, so
+    // one missing from what was read here is in the archive read after.
+    let rows: Vec<(Uuid, String, Option<String>, f64)> = sqlx::query_as(
+        "SELECT id, state, failure_reason, extract(epoch FROM updated_at - created_at)::float8 FROM sagas",
+    )
+    .fetch_all(&db.orchestrator)
+    .await?;
+    let archived = lifecycle::read_archive(&archive)?;
+    // Sagas retention removed are known by their archived documents.
+    let mut ends: BTreeMap<Uuid, (String, Option<String>, f64)> = archived
+        .iter()
+        .map(|(id, a)| (*id, (a.state.clone(), a.failure_reason.clone(), a.seconds)))
+        .collect();
+    ends.extend(rows.into_iter().map(|(id, s, r, d)| (id, (s, r, d))));
+    let mut ok = report(&shared, &faults, &db, &ends, started_at).await?;
+    if args.retention_secs > 0 {
+        let done = std::mem::take(&mut *lock(&shared.lifecycle));
+        ok &= lifecycle::check(&clients, &done, &archived, &db.orchestrator).await?;
+    }
     for s in lock(&shared.services).iter_mut() {
         s.supervised = false;
         s.signal(Signal::TERM);
@@ -537,7 +586,7 @@ fn services(args: &Args, brokers: &str) -> Vec<Service> {
     // A replica: its ports, the consistency audit (the participants' HTTP ports, below, and the
     // demo's cross-checks), and the moderator's operator credential.
     let replica = |grpc: u16, http: u16| {
-        with(
+        let mut env = with(
             "chaos_orchestrator",
             &[
                 ("APP_GRPC__LISTEN", format!("127.0.0.1:{grpc}")),
@@ -554,7 +603,19 @@ fn services(args: &Args, brokers: &str) -> Vec<Service> {
                     "users.post_counts = posts.post_counts".into(),
                 ),
             ],
-        )
+        );
+        if args.retention_secs > 0 {
+            let days = args.retention_secs as f64 / 86_400.0;
+            env.extend([
+                ("APP_RETENTION__MAX_AGE_DAYS".to_owned(), days.to_string()),
+                ("APP_RETENTION__INTERVAL_MS".to_owned(), "2000".to_owned()),
+                (
+                    "APP_RETENTION__ARCHIVE_DIR".to_owned(),
+                    args.work_dir.join("archive").display().to_string(),
+                ),
+            ]);
+        }
+        env
     };
     vec![
         service("orchestrator-a", "orchestrator", replica(50161, 18161)),
@@ -823,18 +884,12 @@ async fn moderate(clients: &[SagaOrchestratorClient<Channel>], id: Uuid, approve
             }
             return Moderated::NoLongerWaiting;
         }
-        let mut request = tonic::Request::new(DecideApprovalRequest {
+        let request = lifecycle::as_operator(DecideApprovalRequest {
             saga_id: id.to_string(),
             approved: approve,
             reason: if approve { "reads well" } else { "spam" }.into(),
             step_index: None,
         });
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {MODERATOR_TOKEN}")
-                .parse()
-                .expect("a valid header value"),
-        );
         if client.decide_approval(request).await.is_ok() {
             return Moderated::Decided;
         }
@@ -849,6 +904,7 @@ async fn drive(
     workload: Arc<Workload>,
     seed: u64,
     rate: f64,
+    holds: bool,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -881,6 +937,9 @@ async fn drive(
                 expect,
                 kind,
             });
+            if holds && lifecycle::held_request(n) {
+                lifecycle::hold(&clients, &shared, id).await;
+            }
             if let Some(approve) = kind.decision() {
                 let outcome = moderate(&clients, id, approve).await;
                 let mut m = lock(&shared.moderation);
@@ -983,21 +1042,15 @@ impl Tally {
     }
 }
 
-/// Per phase and per kind of request, what became of every saga; then the audit. True if the run
-/// was correct.
+/// Per phase and per kind of request, what became of every saga (its end by id, from the
+/// database or the archive); then the audit. True if the run was correct.
 async fn report(
     shared: &Shared,
     faults: &[Fault],
     db: &Databases,
+    by_id: &BTreeMap<Uuid, (String, Option<String>, f64)>,
     started_at: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<bool> {
-    let rows: Vec<(Uuid, String, Option<String>, f64)> = sqlx::query_as(
-        "SELECT id, state, failure_reason, extract(epoch FROM updated_at - created_at)::float8 FROM sagas",
-    )
-    .fetch_all(&db.orchestrator)
-    .await?;
-    let by_id: BTreeMap<Uuid, (String, Option<String>, f64)> =
-        rows.into_iter().map(|(id, s, r, d)| (id, (s, r, d))).collect();
     let mut by_phase: Vec<Tally> = faults.iter().map(|_| Tally::default()).collect();
     let mut by_kind: BTreeMap<Kind, Tally> = BTreeMap::new();
     let mut examples: Vec<String> = Vec::new();
@@ -1099,11 +1152,12 @@ async fn report(
         .count();
     println!(
         "audit: {} users, {} authors, {} posts; repeats answered from inboxes: {}; applied twice: {twice}; \
-         databases consistent: {}",
+         records of sagas retention removed: {}; databases consistent: {}",
         audit.users,
         audit.authors,
         audit.posts,
         audit.repeats_answered,
+        audit.removed_by_retention,
         if audit.consistent() { "yes" } else { "NO" }
     );
     for v in audit.violations.iter().take(10) {
@@ -1114,19 +1168,24 @@ async fn report(
 }
 
 /// The audit compared every saga of `saga_type` the run created with the participants' ledgers:
-/// an audit of that type alone checked as many sagas as the orchestrator's database holds, every
+/// an audit of that type alone checked as many sagas as the orchestrator's database holds (while
+/// retention removes some: no fewer than are left, no more than there were), every
 /// step's topic had a participant to compare with, and nothing was found.
 async fn audit_covers(
     db: &Databases,
     started_at: chrono::DateTime<chrono::Utc>,
     saga_type: &str,
 ) -> anyhow::Result<bool> {
-    let created: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sagas WHERE saga_type = $1 AND created_at >= $2")
+    // Retention may remove some while the audit reads: it must have compared at least as many as
+    // are left after it, and no more than there were before.
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sagas WHERE saga_type = $1 AND created_at >= $2")
             .bind(saga_type)
             .bind(started_at)
             .fetch_one(&db.orchestrator)
-            .await?;
+            .await
+    };
+    let created = count().await?;
     let mut client = SagaOrchestratorClient::connect(ORCHESTRATOR_A).await?;
     let report = client
         .run_audit(RunAuditRequest {
@@ -1141,7 +1200,8 @@ async fn audit_covers(
         .await
         .with_context(|| format!("the audit of {saga_type} (RunAudit)"))?
         .into_inner();
-    let covered = report.sagas_checked == created as u64
+    let left = count().await?;
+    let covered = (left as u64..=created as u64).contains(&report.sagas_checked)
         && report.unaudited_topics.is_empty()
         && report.findings.is_empty();
     println!(
