@@ -207,6 +207,11 @@ fn outcome(kind: &Kind) -> ReplyOutcome {
     }
 }
 
+/// The reach of a definition's sagas; through a child step, unbounded here.
+fn reach_of(def: &SagaDefinition) -> u64 {
+    def.lifetime_ms(&|_| u64::MAX)
+}
+
 /// Drives one saga and checks invariants after every decision.
 struct Checker {
     def: SagaDefinition,
@@ -219,6 +224,15 @@ struct Checker {
     compensations_done: BTreeMap<usize, u32>,
     terminal_states: BTreeSet<&'static str>,
     pivot_passed: bool,
+    /// When the saga started, and the longest it may send commands from then on
+    /// (`SagaDefinition::lifetime_ms`, the participants' dedup windows rely on it).
+    started: DateTime<Utc>,
+    reach_ms: u64,
+    /// An operator replayed or retried: a new budget, outside the reach.
+    restarted: bool,
+    /// How late the saga's timers were handled in all (time advanced past a due wake-up): an
+    /// orchestrator that is down or behind adds that to the reach.
+    late_ms: i64,
 }
 
 impl Checker {
@@ -231,6 +245,7 @@ impl Checker {
         let context: Map<String, serde_json::Value> =
             [("flag".to_string(), json!(flag))].into_iter().collect();
         let first = start(&def, SagaId::new_v7(), context, now);
+        let def_for_reach = def.clone();
         let mut c = Checker {
             saga: first.saga.clone(),
             def,
@@ -240,6 +255,11 @@ impl Checker {
             compensations_done: BTreeMap::new(),
             terminal_states: BTreeSet::new(),
             pivot_passed: false,
+            started: now,
+            // A child saga ends when the test says so: no bound through one.
+            reach_ms: reach_of(&def_for_reach),
+            restarted: false,
+            late_ms: 0,
         };
         c.check(&first.saga.clone(), &first, true);
         c
@@ -265,6 +285,9 @@ impl Checker {
             Ok(d) => {
                 let again = decide(&self.def, &before, &input, self.now).expect("decides again");
                 assert_eq!(d, again, "the same input to the same saga gave another decision");
+                if d.changed && matches!(input, Input::ReplayCompensation { .. } | Input::RetryStep { .. }) {
+                    self.restarted = true;
+                }
                 self.check(&before, &d, false);
                 self.saga = d.saga;
             }
@@ -347,7 +370,11 @@ impl Checker {
                 });
             }
             Op::Advance(ms) => {
-                self.now += TimeDelta::milliseconds(*ms);
+                let to = self.now + TimeDelta::milliseconds(*ms);
+                if let Some(due) = self.saga.wake_at().filter(|due| *due < to) {
+                    self.late_ms += (to - due.max(self.now)).num_milliseconds();
+                }
+                self.now = to;
                 self.apply(Input::Wake);
             }
             Op::Abort => self.apply(Input::Abort {
@@ -511,6 +538,18 @@ impl Checker {
         );
         let stages: BTreeSet<_> = active.iter().map(|(s, _)| self.def.stage_of(*s).start).collect();
         assert!(stages.len() <= 1, "actions of several stages active: {active:?}");
+        // No command later than the definition's reach after the start (plus however late its
+        // timers were handled), unless an operator started a new budget: the participants' dedup
+        // windows rely on it.
+        if !d.commands.is_empty() && !self.restarted {
+            let on_time = (self.now - self.started).num_milliseconds() - self.late_ms;
+            assert!(
+                u64::try_from(on_time).is_ok_and(|ms| ms <= self.reach_ms),
+                "a command {on_time} ms after the start (less {} ms late), beyond the reach of {} ms",
+                self.late_ms,
+                self.reach_ms
+            );
+        }
         for c in &d.commands {
             assert!(
                 active.contains(&(c.step, c.phase)),
