@@ -13,6 +13,9 @@
 #   scripts/bench.sh --idle 60                        # no traffic: what the idle stack costs
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
 #
+# BENCH_WARMUP_SECS=N runs the same load for N seconds first, unmeasured (a warm broker, as
+# deployed; the measured run's audit still counts the warm-up's sagas).
+#
 # BENCH_BIN=DIR runs the binaries in DIR instead of building: an A/B of two builds on one machine
 # (copy target/release/{orchestrator,user-service,post-service,loadgen} aside, change, compare).
 #
@@ -96,5 +99,22 @@ wait_port 127.0.0.1 "$GRPC_PORT" 60 "the orchestrator"
 # Warm-up: a few sagas through the whole pipeline prove every consumer group has joined.
 log "warming up"
 "$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" --rate 20 --duration 1 --drain-secs 60 --no-audit >/dev/null
+# BENCH_WARMUP_SECS=N: first the same load for N seconds, unmeasured, so the broker's JVM has
+# compiled its hot paths (a deployed broker is warm; a fresh one spends a 30-s run compiling).
+if [[ -n "${BENCH_WARMUP_SECS:-}" ]]; then
+    warm=()
+    skip=false
+    for a in "${args[@]}"; do
+        if $skip; then skip=false; continue; fi
+        case "$a" in
+            --duration|--report-secs) skip=true ;;
+            --duration=*|--report-secs=*|--no-audit) ;;
+            *) warm+=("$a") ;;
+        esac
+    done
+    log "warming up at the offered load for $BENCH_WARMUP_SECS s (not measured)"
+    "$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" "${warm[@]}" \
+        --duration "$BENCH_WARMUP_SECS" --no-audit >"$LOGS/warmup.log"
+fi
 log "load: ${args[*]:-(defaults)}"
 "$bin/loadgen" --orchestrator "http://127.0.0.1:$GRPC_PORT" --broker-pid "$broker_pid" "${args[@]}"

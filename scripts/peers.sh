@@ -14,6 +14,8 @@
 #   BENCH_BROKER_PORT=39192 scripts/peers.sh compare --rate 200 --duration 30
 #                          # scripts/bench.sh (ours), Restate, DBOS in both styles, back to back; one table
 #   scripts/peers.sh compare --rate 200 --duration 30 -- --mix mixed   # flags after -- go to bench.sh
+# A 30-s run measures cold processes (the broker's JVM, the peers' Node service): compare runs of
+# 90 s or more, or warm ours with BENCH_WARMUP_SECS=N (scripts/bench.sh), saying which.
 # Other flags: --drain-secs S (120), --compensate-every N (10; 0: none refused; compare passes it
 # to loadgen too, whose register mix then refuses the same share), --quiet-wait S (compare: how
 # long to wait for another benchmark stack on this machine to end before running ours, 300).
