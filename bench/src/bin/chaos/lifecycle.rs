@@ -31,7 +31,7 @@ pub struct Lifecycle {
     pub held: Vec<Uuid>,
     /// Holds the orchestrator never accepted within the harness's patience.
     pub hold_failed: u64,
-    /// Bulk jobs started: id, action and the window of creation times they select.
+    /// Bulk jobs started: their ids and actions.
     pub jobs: Vec<(String, BulkAction)>,
     /// Bulk jobs the orchestrator never accepted within the harness's patience.
     pub job_start_failed: u64,
