@@ -207,11 +207,6 @@ fn outcome(kind: &Kind) -> ReplyOutcome {
     }
 }
 
-/// The reach of a definition's sagas; through a child step, unbounded here.
-fn reach_of(def: &SagaDefinition) -> u64 {
-    def.lifetime_ms(&|_| u64::MAX)
-}
-
 /// Drives one saga and checks invariants after every decision.
 struct Checker {
     def: SagaDefinition,
@@ -245,7 +240,8 @@ impl Checker {
         let context: Map<String, serde_json::Value> =
             [("flag".to_string(), json!(flag))].into_iter().collect();
         let first = start(&def, SagaId::new_v7(), context, now);
-        let def_for_reach = def.clone();
+        // A child saga ends when the test says so: no bound through one.
+        let reach_ms = def.lifetime_ms(&|_| u64::MAX);
         let mut c = Checker {
             saga: first.saga.clone(),
             def,
@@ -256,8 +252,7 @@ impl Checker {
             terminal_states: BTreeSet::new(),
             pivot_passed: false,
             started: now,
-            // A child saga ends when the test says so: no bound through one.
-            reach_ms: reach_of(&def_for_reach),
+            reach_ms,
             restarted: false,
             late_ms: 0,
         };

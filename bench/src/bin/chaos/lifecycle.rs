@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::{MODERATOR_TOKEN, Shared, lock};
+use super::{MODERATOR_TOKEN, Shared, lock, on_either};
 
 /// How often a bulk hold job starts (and a release of the window two before).
 const BULK_EVERY: Duration = Duration::from_secs(10);
@@ -55,27 +55,9 @@ pub fn as_operator<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// Tries `call` on one replica after the other until it answers OK or 30 s have passed.
-async fn on_either<T, F, Fut>(clients: &[SagaOrchestratorClient<Channel>], mut call: F) -> Option<T>
-where
-    F: FnMut(SagaOrchestratorClient<Channel>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut attempt = 0usize;
-    while Instant::now() < deadline {
-        if let Ok(r) = call(clients[attempt % clients.len()].clone()).await {
-            return Some(r.into_inner());
-        }
-        attempt += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
-}
-
 /// Places a legal hold on a saga just accepted. Placing one again is harmless (the hold stays).
 pub async fn hold(clients: &[SagaOrchestratorClient<Channel>], shared: &Shared, id: Uuid) {
-    let held = on_either(clients, |mut c| async move {
+    let held = on_either(clients, 0, |mut c| async move {
         c.hold_saga(as_operator(HoldSagaRequest {
             saga_id: id.to_string(),
             reason: "chaos: kept".into(),
@@ -85,8 +67,8 @@ pub async fn hold(clients: &[SagaOrchestratorClient<Channel>], shared: &Shared, 
     .await;
     let mut l = lock(&shared.lifecycle);
     match held {
-        Some(_) => l.held.push(id),
-        None => l.hold_failed += 1,
+        Ok(_) => l.held.push(id),
+        Err(_) => l.hold_failed += 1,
     }
 }
 
@@ -128,15 +110,15 @@ pub async fn bulk_jobs(
                 confirmed: true,
                 ..BulkJobRequest::default()
             };
-            let job = on_either(&clients, |mut c| {
+            let job = on_either(&clients, 0, |mut c| {
                 let request = request.clone();
                 async move { c.start_bulk_job(as_operator(request)).await }
             })
             .await;
             let mut l = lock(&shared.lifecycle);
             match job {
-                Some(job) => l.jobs.push((job.job_id, action)),
-                None => l.job_start_failed += 1,
+                Ok(job) => l.jobs.push((job.job_id, action)),
+                Err(_) => l.job_start_failed += 1,
             }
         }
     }
@@ -224,13 +206,13 @@ pub async fn check(
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for (id, _) in &lifecycle.jobs {
         loop {
-            let job = on_either(clients, |mut c| {
+            let job = on_either(clients, 0, |mut c| {
                 let job_id = id.clone();
                 async move { c.get_job(GetJobRequest { job_id }).await }
             })
             .await;
             match job {
-                Some(job) if job.state != JobState::Running as i32 || Instant::now() >= deadline => {
+                Ok(job) if job.state != JobState::Running as i32 || Instant::now() >= deadline => {
                     *ended
                         .entry(
                             JobState::try_from(job.state)
@@ -242,8 +224,8 @@ pub async fn check(
                     }
                     break;
                 }
-                Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                None => {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(_) => {
                     *ended.entry("unreadable".into()).or_default() += 1;
                     break;
                 }

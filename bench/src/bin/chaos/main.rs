@@ -819,13 +819,32 @@ async fn start(
     n: usize,
     req: StartSagaRequest,
 ) -> anyhow::Result<Uuid> {
+    let started = on_either(clients, n, |mut c| {
+        let req = req.clone();
+        async move { c.start_saga(req).await }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("StartSaga: {}: {}", e.code(), e.message()))?;
+    Ok(started.saga_id.parse()?)
+}
+
+/// Tries `call` on one replica after the other, from replica `first`, until it answers OK or
+/// 30 s have passed; then the last error.
+async fn on_either<T, F, Fut>(
+    clients: &[SagaOrchestratorClient<Channel>],
+    first: usize,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut(SagaOrchestratorClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut attempt = n;
+    let mut attempt = first;
     loop {
-        let mut client = clients[attempt % clients.len()].clone();
-        match client.start_saga(req.clone()).await {
-            Ok(r) => return Ok(r.into_inner().saga_id.parse()?),
-            Err(e) if Instant::now() >= deadline => anyhow::bail!("StartSaga: {}: {}", e.code(), e.message()),
+        match call(clients[attempt % clients.len()].clone()).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
