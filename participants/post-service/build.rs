@@ -2,4 +2,5 @@
 // directory would not rebuild the crate, and an incremental build would run without it.
 fn main() {
     println!("cargo:rerun-if-changed=../../migrations/post");
+    println!("cargo:rerun-if-changed=../../migrations/outbox"); // linked from the directory above
 }

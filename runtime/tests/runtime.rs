@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use saga_runtime::consumer::{self, DeadLetters, Handler, Incoming, Transient, Verdict, Verdicts};
 use saga_runtime::kafka::{KafkaSettings, Subscription};
-use saga_runtime::outbox::{self, OutboxMessage, Relay, RelaySettings};
+use saga_runtime::outbox::{self, Handoff, OutboxMessage, Relay, RelaySettings};
 use saga_runtime::testing::{Record, TopicReader, fresh_database, kafka_settings};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -99,12 +99,60 @@ impl Setup {
         let task = tokio::spawn(self.relay(settings).run(stop.clone()));
         Running { stop, task }
     }
+
+    /// A relay publishing what `handoff` is given, as a service runs it.
+    fn spawn_relay_handing(&self, settings: RelaySettings, handoff: &Handoff) -> Running {
+        let stop = CancellationToken::new();
+        let relay = self.relay(settings).with_handoff(handoff.clone());
+        let task = tokio::spawn(relay.run(stop.clone()));
+        Running { stop, task }
+    }
+
+    /// Waits until every published row was deleted.
+    async fn outbox_empties(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while outbox_rows(&self.pool).await > 0 {
+            assert!(std::time::Instant::now() < deadline, "the outbox never emptied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Running {
     async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap();
+    }
+
+    /// Ends the relay as a crash would: wherever it is, nothing more runs (its connections close
+    /// when dropped; a statement already running on the server finishes unless cut).
+    async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Writes `messages` in one transaction, handed over through `handoff`, as the services write.
+async fn write_handed(pool: &PgPool, handoff: &Handoff, messages: &[OutboxMessage]) {
+    let mut tx = pool.begin().await.unwrap();
+    handoff.enqueue(&mut tx, messages).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Checks that every key's sequence numbers arrived in order, `0..per_key` each.
+fn in_order_per_key(got: &[Record], keys: usize, per_key: usize) {
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for r in got {
+        let (k, seq) = key_and_seq(r);
+        seen.entry(k).or_default().push(seq);
+    }
+    assert_eq!(seen.len(), keys);
+    for (k, seqs) in &seen {
+        assert_eq!(
+            seqs,
+            &(0..per_key).collect::<Vec<_>>(),
+            "key {k} out of order or incomplete"
+        );
     }
 }
 
@@ -276,6 +324,150 @@ async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key
     for r in relays {
         r.stop().await;
     }
+}
+
+#[tokio::test]
+async fn rows_handed_over_are_published_without_reading_them_back() {
+    let t = setup("handed").await;
+    let handoff = Handoff::new();
+    // No poll in the test's time: a read happens only when a notification asks for one.
+    let relay = t.spawn_relay_handing(polling_every(600_000), &handoff);
+    // The first row may be written before the relay runs (then it is read): once it arrived, the
+    // relay holds every lane and has read the table.
+    write_handed(&t.pool, &handoff, &[message(&t.topic, "warm", "warm:0")]).await;
+    t.reader.take(1, Duration::from_secs(30)).await;
+    let before = handoff.stats();
+    let (keys, per_key) = (5, 20);
+    for seq in 0..per_key {
+        for chunk in round(&t.topic, keys, seq).chunks(2) {
+            write_handed(&t.pool, &handoff, chunk).await;
+        }
+    }
+    let got = t.reader.take(keys * per_key, Duration::from_secs(30)).await;
+    in_order_per_key(&got, keys, per_key);
+    let after = handoff.stats();
+    assert_eq!(
+        after.published - before.published,
+        (keys * per_key) as u64,
+        "every row published from memory ({after:?})"
+    );
+    assert_eq!(after.refused, before.refused);
+    t.outbox_empties().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn rows_another_process_wrote_are_read_before_later_handed_rows_and_keys_stay_in_order() {
+    let t = setup("mixed").await;
+    let handoff = Handoff::new();
+    let relay = t.spawn_relay_handing(polling_every(600_000), &handoff);
+    // Every key's rows come alternately from another process (plain `enqueue`: only the
+    // notification tells the relay) and from this one, in transactions of one or several keys.
+    let (keys, per_key) = (6, 30);
+    for seq in 0..per_key {
+        for (i, chunk) in round(&t.topic, keys, seq).chunks(3).enumerate() {
+            if (seq + i) % 2 == 0 {
+                write(&t.pool, chunk).await;
+            } else {
+                write_handed(&t.pool, &handoff, chunk).await;
+            }
+        }
+    }
+    let got = t.reader.take(keys * per_key, Duration::from_secs(60)).await;
+    in_order_per_key(&got, keys, per_key);
+    let stats = handoff.stats();
+    assert!(stats.published > 0, "some rows went from memory: {stats:?}");
+    t.outbox_empties().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn rows_handed_to_a_relay_that_crashed_before_publishing_them_are_read_by_the_next() {
+    let t = setup("handed-crash").await;
+    let handoff = Handoff::new();
+    let first = t.spawn_relay_handing(polling_every(600_000), &handoff);
+    write_handed(&t.pool, &handoff, &[message(&t.topic, "k", "before")]).await;
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"before"
+    );
+    t.outbox_empties().await;
+    // The relay dies; its writer does not know and hands the next row over to it.
+    first.crash().await;
+    write_handed(&t.pool, &handoff, &[message(&t.topic, "k", "committed")]).await;
+    assert_eq!(outbox_rows(&t.pool).await, 1, "committed, not published");
+    // The service starts again: a new relay with a hand-over of its own reads the row.
+    let second = t.spawn_relay_handing(polling_every(100), &Handoff::new());
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"committed"
+    );
+    t.outbox_empties().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_published_from_memory_by_a_relay_that_crashed_before_deleting_it_is_published_again() {
+    let t = setup("handed-undeleted").await;
+    let handoff = Handoff::new();
+    let first = t.spawn_relay_handing(polling_every(600_000), &handoff);
+    write_handed(&t.pool, &handoff, &[message(&t.topic, "k", "before")]).await;
+    t.reader.take(1, Duration::from_secs(30)).await;
+    t.outbox_empties().await;
+    // From now on a delete hangs (until its session is cut).
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_deletes() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(600); RETURN NULL; END $$; \
+         CREATE TRIGGER hold_deletes BEFORE DELETE ON outbox \
+         FOR EACH STATEMENT EXECUTE FUNCTION hold_deletes();",
+    )
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    let before = handoff.stats().published;
+    write_handed(&t.pool, &handoff, &[message(&t.topic, "k", "once")]).await;
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"once"
+    );
+    assert_eq!(handoff.stats().published - before, 1, "published from memory");
+    // The relay is deleting the row it published when it dies (and its session with it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND datname = current_database() AND query LIKE '%DELETE%' AND state = 'active'",
+    )
+    .bind(outbox::SESSION_NAME)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the relay never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.crash().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(outbox::SESSION_NAME)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("DROP TRIGGER hold_deletes ON outbox")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox_rows(&t.pool).await, 1, "published, not deleted");
+    // The next relay publishes it again (at least once), then deletes it.
+    let second = t.spawn_relay_handing(polling_every(100), &Handoff::new());
+    assert_eq!(
+        t.reader.take(1, Duration::from_secs(30)).await[0].payload,
+        b"once"
+    );
+    t.outbox_empties().await;
+    second.stop().await;
 }
 
 #[tokio::test]

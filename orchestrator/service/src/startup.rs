@@ -200,7 +200,8 @@ impl Application {
         tasks.spawn(self.starts.run(coordinator.clone(), shutdown.clone()));
         if settings.relay.enabled {
             let relay = Relay::new(pool.clone(), producer.clone(), settings.relay.clone())
-                .reporting_to(health.check("outbox relay"));
+                .reporting_to(health.check("outbox relay"))
+                .with_handoff(coordinator.handoff().clone());
             tasks.spawn(relay.run(shutdown.clone()));
         }
         if let Some(subscription) = self.replies {

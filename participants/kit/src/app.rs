@@ -196,7 +196,8 @@ impl<D: Domain> ParticipantApp<D> {
         let mut tasks = JoinSet::new();
         if self.relay.enabled {
             let relay = Relay::new(self.pool.clone(), producer.clone(), self.relay.clone())
-                .reporting_to(self.health.check("outbox relay"));
+                .reporting_to(self.health.check("outbox relay"))
+                .with_handoff(self.participant.handoff().clone());
             tasks.spawn(relay.run(shutdown.clone()));
         }
         let (checker, dedup) = self.dedup;

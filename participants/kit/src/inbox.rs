@@ -20,7 +20,7 @@ use saga_proto::Phase;
 use saga_proto::envelope::{self, Command};
 use saga_proto::ledger::first_id_at;
 use saga_runtime::consumer::{Handler, Incoming, Transient, Verdict, Verdicts};
-use saga_runtime::outbox::{self, OutboxMessage};
+use saga_runtime::outbox::{Handoff, OutboxMessage};
 use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tracing::Instrument;
@@ -60,6 +60,8 @@ pub struct Participant<D> {
     domain: Arc<D>,
     /// Deployed reply topic; commands asking for another one are dead-lettered.
     reply_topic: String,
+    /// Replies handed to this process's relay (see [`Handoff`]).
+    handoff: Handoff,
 }
 
 impl<D: Domain> Participant<D> {
@@ -68,7 +70,13 @@ impl<D: Domain> Participant<D> {
             pool,
             domain,
             reply_topic,
+            handoff: Handoff::new(),
         }
+    }
+
+    /// Where replies are handed to this process's relay, which publishes from it.
+    pub fn handoff(&self) -> &Handoff {
+        &self.handoff
     }
 
     /// Processes decoded commands in one transaction: locks every (saga, step) of the batch and
@@ -149,7 +157,7 @@ impl<D: Domain> Participant<D> {
         }
         record(&mut tx, &new_rows).await?;
         count_repeats(&mut tx, &repeats).await?;
-        outbox::enqueue(&mut tx, &replies).await?;
+        self.handoff.enqueue(&mut tx, &replies).await?;
         tx.commit().await?;
 
         let elapsed = started.elapsed().as_secs_f64();

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::LANES;
@@ -41,11 +42,35 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
     if messages.is_empty() {
         return Ok(());
     }
+    insert(conn, messages).await
+}
+
+/// The headers a row is written with: the message's own, and the trace context of the span that
+/// writes it (the relay continues the trace from there).
+pub(super) fn stamped(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut h = headers.clone();
+    crate::trace::stamp(&mut h, &crate::trace::current_headers());
+    h
+}
+
+// The transaction id is taken before the sequence values (the filter runs before the row's
+// defaults): the relay's floor relies on it.
+macro_rules! insert_sql {
+    () => {
+        "INSERT INTO outbox (lane, topic, key, payload, headers) \
+         SELECT * FROM UNNEST($1::int2[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) \
+         WHERE pg_current_xact_id() IS NOT NULL"
+    };
+}
+
+fn bound<'q>(
+    query: &'q str,
+    messages: &'q [OutboxMessage],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let lanes: Vec<i16> = messages.iter().map(|m| lane_of(&m.key)).collect();
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    // Each row remembers the span that wrote it; the relay continues the trace from there.
     let context = crate::trace::current_headers();
     let headers: Vec<serde_json::Value> = messages
         .iter()
@@ -55,21 +80,40 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
             serde_json::to_value(&h).unwrap_or_default()
         })
         .collect();
-    // The transaction id is taken before the sequence values (the filter runs before the row's
-    // defaults): the relay's floor relies on it.
-    sqlx::query(
-        "INSERT INTO outbox (lane, topic, key, payload, headers) \
-         SELECT * FROM UNNEST($1::int2[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) \
-         WHERE pg_current_xact_id() IS NOT NULL",
-    )
-    .bind(lanes)
-    .bind(topics)
-    .bind(keys)
-    .bind(payloads)
-    .bind(headers)
-    .execute(conn)
-    .await?;
+    sqlx::query(query)
+        .bind(lanes)
+        .bind(topics)
+        .bind(keys)
+        .bind(payloads)
+        .bind(headers)
+}
+
+pub(super) async fn insert(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
+    bound(insert_sql!(), messages).execute(conn).await?;
     Ok(())
+}
+
+/// A row [`insert_returning`] wrote: its id, `created_at`, key, and the transaction's id.
+pub(super) type Written = (i64, DateTime<Utc>, String, i64);
+
+/// Like [`insert`], returning what each row was given, in id order — the order of `messages`,
+/// which the caller checks by the keys.
+pub(super) async fn insert_returning(
+    conn: &mut PgConnection,
+    messages: &[OutboxMessage],
+) -> sqlx::Result<Vec<Written>> {
+    use sqlx::Row as _;
+    let query = concat!(
+        insert_sql!(),
+        " RETURNING id, created_at, key, pg_current_xact_id()::text::int8"
+    );
+    let rows = bound(query, messages).fetch_all(conn).await?;
+    let mut written = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<sqlx::Result<Vec<Written>>>()?;
+    written.sort_unstable_by_key(|w| w.0);
+    Ok(written)
 }
 
 #[cfg(test)]

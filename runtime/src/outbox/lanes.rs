@@ -17,6 +17,8 @@ pub(super) struct Row {
     pub(super) payload: Vec<u8>,
     pub(super) headers: sqlx::types::Json<BTreeMap<String, String>>,
     pub(super) created_at: DateTime<Utc>,
+    /// The transaction that wrote it (`xmin`, 32 bits).
+    pub(super) xmin: i64,
 }
 
 /// The `application_name` of a relay's lane-holding session.
@@ -70,10 +72,20 @@ impl Session {
         })
     }
 
-    /// Takes every lane no other relay holds.
-    pub(super) async fn claim(&mut self) -> sqlx::Result<()> {
+    /// Whether this session holds `lane`.
+    pub(super) fn holds(&self, lane: i16) -> bool {
+        self.lanes.binary_search(&lane).is_ok()
+    }
+
+    /// Every row at or below it was read (and published) or deleted.
+    pub(super) fn floor(&self) -> i64 {
+        self.floor
+    }
+
+    /// Takes every lane no other relay holds; whether it took any.
+    pub(super) async fn claim(&mut self) -> sqlx::Result<bool> {
         if self.lanes.len() == LANES as usize {
-            return Ok(());
+            return Ok(false);
         }
         let mut got: Vec<i16> = sqlx::query_scalar(
             "SELECT lane::int2 FROM generate_series(0, $1 - 1) AS lane \
@@ -94,10 +106,11 @@ impl Session {
             self.last_seq = None;
             self.candidates.clear();
         }
+        let took = !got.is_empty();
         self.lanes.append(&mut got);
         self.lanes.sort_unstable();
         self.lanes.dedup();
-        Ok(())
+        Ok(took)
     }
 
     /// The oldest rows of this session's lanes above the floor, skipping those in flight; moves
@@ -148,10 +161,10 @@ impl Session {
         let skipped: Vec<i64> = skip.iter().copied().collect();
         let every_lane = self.lanes.len() == LANES as usize;
         let mut query = sqlx::query_as(if every_lane {
-            "SELECT id, topic, key, payload, headers, created_at FROM outbox \
+            "SELECT id, topic, key, payload, headers, created_at, xmin::text::int8 AS xmin FROM outbox \
              WHERE id > $1 AND id <> ALL($2) ORDER BY id LIMIT $3"
         } else {
-            "SELECT id, topic, key, payload, headers, created_at FROM outbox \
+            "SELECT id, topic, key, payload, headers, created_at, xmin::text::int8 AS xmin FROM outbox \
              WHERE id > $1 AND id <> ALL($2) AND lane = ANY($4) ORDER BY id LIMIT $3"
         })
         .bind(self.floor)

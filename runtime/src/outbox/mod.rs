@@ -14,23 +14,31 @@
 //! failed are read and published again (at-least-once; the message id in each envelope makes a
 //! repeat detectable). A row is deleted only after the broker acknowledged it.
 //!
+//! Rows a process writes reach its own relay without that read: the writer hands them over
+//! ([`Handoff`]) and the relay publishes them once the outbox notification announces their
+//! transaction's commit, in commit order. Reading the table is then the path for rows of other
+//! processes and for rows a crash left behind; see `handoff` for why order is kept.
+//!
 //! The schema lives in each service's migrations (`outbox`, and a statement-level trigger that
-//! sends `NOTIFY outbox` on insert).
+//! sends `NOTIFY outbox` on insert, naming the transaction).
 //!
 //! Layout:
 //! - `enqueue`: [`OutboxMessage`], [`lane_of`], [`enqueue`] — the write side.
+//! - `handoff`: [`Handoff`] — rows a writer hands to its own process's relay.
 //! - `lanes`: the relay's session — lane locks, the floor, reads and deletes.
 //! - `pipeline`: the relay's bookkeeping between round trips, pure, with its tests.
 //! - `vacuum`: the relay's own vacuum of the table.
 //! - `relay`: [`Relay`] — `run` (pipelined) and `relay_once` (one batch).
 
 mod enqueue;
+mod handoff;
 mod lanes;
 mod pipeline;
 mod relay;
 mod vacuum;
 
 pub use enqueue::{OutboxMessage, enqueue, lane_of};
+pub use handoff::{Handoff, HandoffStats};
 pub use lanes::SESSION_NAME;
 pub use relay::{BatchReport, Relay, RelayError, RelaySettings};
 

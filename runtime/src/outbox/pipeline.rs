@@ -79,10 +79,17 @@ impl Pipeline {
         self.more && !self.paused(now)
     }
 
+    /// Every committed row of the held lanes was read or handed over (the last read was
+    /// complete and nothing asked for another since), and no pause runs: rows handed over may go
+    /// out without a read.
+    pub(super) fn caught_up(&self, now: Instant) -> bool {
+        !self.more && !self.paused(now)
+    }
+
     /// How many rows to read now, if the relay should read at all: rows may be waiting, no pause
     /// is running, and fewer than `max_in_flight` rows are with the producer.
     pub(super) fn read_limit(&self, now: Instant) -> Option<i64> {
-        let room = self.max_in_flight.saturating_sub(self.unfinished.len());
+        let room = self.room();
         (self.wants_read(now) && room > 0).then(|| self.batch.min(room as i64))
     }
 
@@ -94,6 +101,21 @@ impl Pipeline {
     {
         let rows = rows.into_iter();
         self.more = rows.len() as i64 == limit;
+        for (id, topic) in rows {
+            self.unfinished.insert(id);
+            if !self.topics.contains(topic) {
+                self.topics.insert(topic.to_owned());
+            }
+        }
+    }
+
+    /// Places left for rows handed to the producer.
+    pub(super) fn room(&self) -> usize {
+        self.max_in_flight.saturating_sub(self.unfinished.len())
+    }
+
+    /// `rows` were handed over by their writer and given to the producer without a read.
+    pub(super) fn handed<'a>(&mut self, rows: impl IntoIterator<Item = (i64, &'a str)>) {
         for (id, topic) in rows {
             self.unfinished.insert(id);
             if !self.topics.contains(topic) {
@@ -335,6 +357,33 @@ pub(super) mod tests {
             },
             "a success starts the pauses over"
         );
+    }
+
+    #[test]
+    fn rows_go_out_without_a_read_only_while_caught_up() {
+        let now = Instant::now();
+        let mut p = pipeline(10, 10);
+        assert!(!p.caught_up(now), "nothing read yet");
+        p.sent([(1, "a")], 10);
+        assert!(p.caught_up(now), "a complete read");
+        p.handed([(2, "a")]);
+        assert!(
+            p.caught_up(now) && p.unfinished.contains(&2),
+            "a hand-over asks for no read"
+        );
+        assert_eq!(p.room(), 8);
+        p.wake();
+        assert!(!p.caught_up(now), "notified of rows not handed over: read first");
+        p.sent(std::iter::empty(), 10);
+        p.settle(delivered(1, false), now);
+        assert!(!p.caught_up(now), "a failed row is read again first");
+        let later = now + Duration::from_millis(100);
+        assert!(
+            !p.caught_up(later) && p.wants_read(later),
+            "even after the pause: it reads"
+        );
+        p.sent([(1, "a")], 10);
+        assert!(p.caught_up(later));
     }
 
     #[test]

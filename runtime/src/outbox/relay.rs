@@ -17,6 +17,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::CHANNEL;
+use super::handoff::{self, Handoff};
 use super::lanes::{Row, Session};
 use super::pipeline::{Delivered, Pipeline, Settled};
 use super::vacuum::Vacuum;
@@ -36,6 +37,9 @@ pub struct RelaySettings {
     pub poll_interval_ms: u64,
     /// Most rows handed to the producer and not yet acknowledged and deleted.
     pub max_in_flight: usize,
+    /// Publish the rows this process's writers hand over straight from memory (see
+    /// [`Handoff`]); off, every row is read back from the table.
+    pub handoff: bool,
 }
 
 impl Default for RelaySettings {
@@ -45,6 +49,7 @@ impl Default for RelaySettings {
             batch_size: 500,
             poll_interval_ms: 500,
             max_in_flight: 2000,
+            handoff: true,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct Relay {
     settings: RelaySettings,
     /// Failing while rows wait for acknowledgements that do not come, or deliveries fail.
     health: Check,
+    /// Rows this process's writers hand over (see [`Handoff`]).
+    handoff: Option<Handoff>,
 }
 
 /// How long acknowledgements may stop before the relay checks that its topics still exist.
@@ -90,7 +97,16 @@ impl Relay {
             producer,
             settings,
             health: Check::detached("outbox relay"),
+            handoff: None,
         }
+    }
+
+    /// Publishes the rows `handoff` is given straight from memory once their transaction's commit
+    /// is announced, instead of reading them back (see [`Handoff`]); the writers of this process
+    /// enqueue through it.
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = self.settings.handoff.then_some(handoff);
+        self
     }
 
     /// Reports to `health` whether the relay can publish (see [`crate::health`]).
@@ -239,6 +255,10 @@ impl Relay {
         let mut last_claim: Option<Instant> = None;
         let mut reconnect = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut vacuum = Vacuum::default();
+        let mut polled = Instant::now();
+        if let Some(h) = &self.handoff {
+            h.set_active(true);
+        }
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -276,16 +296,23 @@ impl Relay {
                 }
                 continue;
             }
+            // A notification's payload names the transaction that committed; `None` stands for
+            // notifications that may have been lost (the listener's connection dropped).
             let notified = async {
                 match listener.as_mut() {
-                    Some(l) => match l.recv().await {
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(poll).await,
+                    Some(l) => match l.try_recv().await {
+                        Ok(n) => n.map(|n| n.payload().to_owned()),
+                        Err(_) => {
+                            tokio::time::sleep(poll).await;
+                            None
+                        }
                     },
                     None => std::future::pending().await,
                 }
             };
-            let wait = pipeline.wait(poll, Instant::now());
+            // The poll interval runs from the last look; the pipeline may want to act sooner (a
+            // delete due, a pause over), which needs no read.
+            let wait = pipeline.wait(poll.saturating_sub(polled.elapsed()), Instant::now());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(d) = in_flight.next(), if !in_flight.is_empty() => {
@@ -294,15 +321,28 @@ impl Relay {
                         self.settle(&mut pipeline, d);
                     }
                 }
-                _ = notified => {
-                    pipeline.wake();
-                    // One read serves every notification already buffered.
+                first = notified => {
+                    let mut notes = vec![first];
                     if let Some(l) = listener.as_mut() {
-                        while l.next_buffered().is_some() {}
+                        while let Some(n) = l.next_buffered() {
+                            notes.push(Some(n.payload().to_owned()));
+                        }
+                    }
+                    self.notified(session.as_ref(), &mut pipeline, &mut in_flight, notes).await;
+                }
+                _ = tokio::time::sleep(wait) => {
+                    if polled.elapsed() >= poll {
+                        polled = Instant::now();
+                        pipeline.wake();
+                        if let Some(h) = &self.handoff {
+                            h.expire(handoff::EXPIRY, polled);
+                        }
                     }
                 }
-                _ = tokio::time::sleep(wait) => pipeline.wake(),
             }
+        }
+        if let Some(h) = &self.handoff {
+            h.set_active(false);
         }
         // Give in-flight deliveries a moment (less if acknowledgements had stopped coming); rows
         // not acknowledged stay in the outbox. Off the async threads: flushing blocks.
@@ -342,13 +382,19 @@ impl Relay {
             None => session.insert(Session::open(&self.pool).await?),
         };
         if last_claim.is_none_or(|t| t.elapsed() >= poll) {
-            s.claim().await?;
+            if s.claim().await? {
+                // Lanes taken over may hold older rows: read them before any hand-over.
+                pipeline.wake();
+            }
             *last_claim = Some(Instant::now());
         }
         let now = Instant::now();
         let done = pipeline.take_due(now);
         if let Some(limit) = pipeline.read_limit(now) {
             let rows = s.read(pipeline.unfinished(), &done, limit).await?;
+            if let Some(h) = &self.handoff {
+                h.forget(rows.iter().map(|r| r.xmin));
+            }
             for row in &rows {
                 in_flight.push(self.publish(row).await);
             }
@@ -372,6 +418,56 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Goes through notifications in the order they came, which is the order their transactions
+    /// committed: while the relay is caught up (its last read was complete, no pause runs), the
+    /// rows of a transaction this process handed over are published from memory; at the first
+    /// notification without a hand-over, or one that cannot be taken, a read is due, and it
+    /// covers that transaction and every later one (their rows are committed), so their
+    /// hand-overs are dropped. Rows of lanes another relay holds are that relay's to read.
+    async fn notified(
+        &self,
+        session: Option<&Session>,
+        pipeline: &mut Pipeline,
+        in_flight: &mut FuturesUnordered<Delivery>,
+        notes: Vec<Option<String>>,
+    ) {
+        let (Some(handoff), Some(session)) = (&self.handoff, session) else {
+            pipeline.wake();
+            return;
+        };
+        let mut direct = pipeline.caught_up(Instant::now());
+        for note in notes {
+            let Some(pending) = note.and_then(|payload| handoff.take(&payload)) else {
+                direct = false;
+                continue;
+            };
+            if !direct {
+                handoff.refused(1);
+                continue;
+            }
+            let rows: Vec<&Row> = pending
+                .rows
+                .iter()
+                .filter(|h| session.holds(h.lane))
+                .map(|h| &h.row)
+                .filter(|r| r.id > session.floor() && !pipeline.unfinished().contains(&r.id))
+                .collect();
+            if rows.len() > pipeline.room() {
+                handoff.refused(1);
+                direct = false;
+                continue;
+            }
+            for row in &rows {
+                in_flight.push(self.publish(row).await);
+            }
+            handoff.published(rows.len());
+            pipeline.handed(rows.iter().map(|r| (r.id, r.topic.as_str())));
+        }
+        if !direct {
+            pipeline.wake();
+        }
     }
 
     /// Books one delivery in the pipeline, with its metrics and health.

@@ -114,7 +114,7 @@ impl Coordinator {
             inputs: PendingInput::of(&decision),
             keys: def.search_key_values(&decision.saga.context, false),
         };
-        store::commit(&mut *tx, &[write]).await?;
+        store::commit(&mut *tx, &[write], &self.handoff).await?;
         metrics::observe(&def, &decision, now);
         tracing::info!(child = %id, parent = %body.parent, saga_type = %def.name, "child saga started");
         Ok(())
@@ -148,6 +148,7 @@ impl Coordinator {
         store::commit(
             &mut *tx,
             &[write_of(def, &stored, &decision, &actor, now, messages)],
+            &self.handoff,
         )
         .await?;
         metrics::observe(def, &decision, now);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use saga_engine::{Command, Decision, EngineError, Saga, SagaDefinition, SagaId, SagaState};
-use saga_runtime::outbox::OutboxMessage;
+use saga_runtime::outbox::{Handoff, OutboxMessage};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
@@ -83,6 +83,8 @@ pub(crate) struct Coordinator {
     max_payload_bytes: usize,
     /// New sagas on their way to the group writer ([`StartWriter`]).
     starts: mpsc::Sender<start::PendingStart>,
+    /// Outbox rows handed to this process's relay (see [`Handoff`]).
+    handoff: Handoff,
 }
 
 impl Coordinator {
@@ -103,12 +105,19 @@ impl Coordinator {
             clock,
             max_payload_bytes,
             starts,
+            handoff: Handoff::new(),
         };
         (coordinator, writer)
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Where every write of this coordinator hands its outbox rows over; the relay of this
+    /// process publishes from it.
+    pub(crate) fn handoff(&self) -> &Handoff {
+        &self.handoff
     }
 
     pub(crate) fn catalog(&self) -> &Catalog {

@@ -120,6 +120,7 @@ impl Coordinator {
         store::commit(
             &mut *tx,
             &[write_of(def, &stored, &decision, &actor, now, messages)],
+            &self.handoff,
         )
         .await?;
         Ok(Acted {

@@ -142,7 +142,7 @@ impl Coordinator {
             write.messages.extend(messages);
             write.inputs.extend(PendingInput::of(decision));
         }
-        store::commit(&mut tx, &writes).await?;
+        store::commit(&mut tx, &writes, &self.handoff).await?;
         tx.commit().await?;
         ::metrics::histogram!("reply_batch_seconds").record(started.elapsed().as_secs_f64());
         for (_, def, decision) in &decided {

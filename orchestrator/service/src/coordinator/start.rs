@@ -244,7 +244,7 @@ impl StartWriter {
             // New sagas only: every statement inserts from arrays (sagas, their history, the
             // outbox), none looks rows up (`saga_events` has no foreign key: migration 0007).
             let mut tx = saga_runtime::db::begin_planned_once(&self.pool).await?;
-            let written = store::commit(&mut tx, &writes).await?;
+            let written = store::commit(&mut tx, &writes, &coordinator.handoff).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(written)
         }

@@ -44,7 +44,7 @@ impl Coordinator {
                 write_of(def, stored, decision, "timer", now, std::mem::take(messages))
             })
             .collect();
-        store::commit(&mut tx, &writes).await?;
+        store::commit(&mut tx, &writes, &self.handoff).await?;
         drop(writes);
         tx.commit().await?;
         for (def, _, decision, _) in &woken {

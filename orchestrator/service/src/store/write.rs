@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use saga_engine::{ChildEffect, Decision, Event, Input, Saga, SagaId, SagaState, StepRecord};
-use saga_runtime::outbox::{self, OutboxMessage};
+use saga_runtime::outbox::{Handoff, OutboxMessage};
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -137,6 +137,7 @@ pub(crate) struct NewEvent<'a> {
 pub(crate) async fn commit(
     conn: &mut PgConnection,
     writes: &[SagaWrite<'_>],
+    handoff: &Handoff,
 ) -> Result<Vec<bool>, StoreError> {
     let new: Vec<&SagaWrite<'_>> = writes
         .iter()
@@ -151,7 +152,7 @@ pub(crate) async fn commit(
     let kept = || writes.iter().zip(&written).filter(|(_, ok)| **ok).map(|(w, _)| w);
     append_many(&mut *conn, kept()).await?;
     let messages: Vec<OutboxMessage> = kept().flat_map(|w| w.messages.iter().cloned()).collect();
-    outbox::enqueue(&mut *conn, &messages).await?;
+    handoff.enqueue(&mut *conn, &messages).await?;
     let inputs: Vec<PendingInput> = kept()
         .flat_map(|w| {
             let ended = match w.row {

@@ -1,0 +1,1 @@
+../outbox/0001_notify_names_the_transaction.sql
