@@ -238,19 +238,7 @@ async fn two_relays_at_once_keep_per_key_order_and_lose_nothing() {
     got.extend(t.reader.take(keys * per_key / 2, Duration::from_secs(60)).await);
     b.stop().await;
 
-    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
-    for r in &got {
-        let (k, seq) = key_and_seq(r);
-        seen.entry(k).or_default().push(seq);
-    }
-    assert_eq!(seen.len(), keys);
-    for (k, seqs) in &seen {
-        assert_eq!(
-            seqs,
-            &(0..per_key).collect::<Vec<_>>(),
-            "key {k} out of order or incomplete"
-        );
-    }
+    in_order_per_key(&got, keys, per_key);
     assert!(
         t.reader.drain(Duration::from_millis(500)).await.is_empty(),
         "nothing published twice"
@@ -316,11 +304,7 @@ async fn relays_whose_sessions_are_terminated_hand_lanes_over_and_keep_every_key
         seen.push(seq);
     }
     // And every published row is deleted in the end.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while outbox_rows(&t.pool).await > 0 {
-        assert!(std::time::Instant::now() < deadline, "the outbox never emptied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    t.outbox_empties().await;
     for r in relays {
         r.stop().await;
     }
