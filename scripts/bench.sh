@@ -31,7 +31,10 @@ source "$(dirname "$0")/lib.sh"
 cd "$SAGA_ROOT"
 
 BROKER_PORT="${BENCH_BROKER_PORT:-29092}"
-GRPC_PORT=50052
+# Below the kernel's ephemeral range (32768-60999 by default): a port in it can be taken by any
+# outgoing connection — the broker's own connection to its controller once sat on 50052, so the
+# orchestrator could not bind it (two runs in a row with BENCH_BROKER_PORT=39192).
+GRPC_PORT=18052
 LOGS="$SAGA_ROOT/target/bench"
 mkdir -p "$LOGS"
 args=()

@@ -279,13 +279,13 @@ pg_foreign_cpu_s() { # before-file after-file -> CPU seconds used in between
 foreign_bench() {
     pgrep -x orchestrator >/dev/null || pgrep -x user-service >/dev/null || pgrep -x post-service >/dev/null ||
         pgrep -x loadgen >/dev/null || pgrep -f 'scripts/bench\.sh' >/dev/null ||
-        port_open 127.0.0.1 50052 || port_open 127.0.0.1 18080 || port_open 127.0.0.1 18081 || port_open 127.0.0.1 18082
+        port_open 127.0.0.1 18052 || port_open 127.0.0.1 18080 || port_open 127.0.0.1 18081 || port_open 127.0.0.1 18082
 }
 wait_for_quiet() {
     local i
     for ((i = 0; i < quiet_wait; i++)); do
         foreign_bench || return 0
-        ((i % 30 == 0)) && log "another benchmark stack runs on this machine (orchestrator/loadgen/bench.sh or ports 50052, 18080-18082): waiting for it to end (up to ${quiet_wait} s)"
+        ((i % 30 == 0)) && log "another benchmark stack runs on this machine (orchestrator/loadgen/bench.sh or ports 18052, 18080-18082): waiting for it to end (up to ${quiet_wait} s)"
         sleep 1
     done
     foreign_bench || return 0
