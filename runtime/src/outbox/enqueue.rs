@@ -45,12 +45,18 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
     insert(conn, messages).await
 }
 
-/// The headers a row is written with: the message's own, and the trace context of the span that
-/// writes it (the relay continues the trace from there).
-pub(super) fn stamped(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut h = headers.clone();
-    crate::trace::stamp(&mut h, &crate::trace::current_headers());
-    h
+/// The headers each row is written with: the message's own, and the trace context of the span
+/// that writes it (the relay continues the trace from there).
+fn stamped(messages: &[OutboxMessage]) -> Vec<BTreeMap<String, String>> {
+    let context = crate::trace::current_headers();
+    messages
+        .iter()
+        .map(|m| {
+            let mut h = m.headers.clone();
+            crate::trace::stamp(&mut h, &context);
+            h
+        })
+        .collect()
 }
 
 // The transaction id is taken before the sequence values (the filter runs before the row's
@@ -66,19 +72,15 @@ macro_rules! insert_sql {
 fn bound<'q>(
     query: &'q str,
     messages: &'q [OutboxMessage],
+    headers: &[BTreeMap<String, String>],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let lanes: Vec<i16> = messages.iter().map(|m| lane_of(&m.key)).collect();
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let context = crate::trace::current_headers();
-    let headers: Vec<serde_json::Value> = messages
+    let headers: Vec<serde_json::Value> = headers
         .iter()
-        .map(|m| {
-            let mut h = m.headers.clone();
-            crate::trace::stamp(&mut h, &context);
-            serde_json::to_value(&h).unwrap_or_default()
-        })
+        .map(|h| serde_json::to_value(h).unwrap_or_default())
         .collect();
     sqlx::query(query)
         .bind(lanes)
@@ -89,7 +91,9 @@ fn bound<'q>(
 }
 
 pub(super) async fn insert(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
-    bound(insert_sql!(), messages).execute(conn).await?;
+    bound(insert_sql!(), messages, &stamped(messages))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -97,23 +101,24 @@ pub(super) async fn insert(conn: &mut PgConnection, messages: &[OutboxMessage]) 
 pub(super) type Written = (i64, DateTime<Utc>, String, i64);
 
 /// Like [`insert`], returning what each row was given, in id order — the order of `messages`,
-/// which the caller checks by the keys.
+/// which the caller checks by the keys — and the headers each was written with.
 pub(super) async fn insert_returning(
     conn: &mut PgConnection,
     messages: &[OutboxMessage],
-) -> sqlx::Result<Vec<Written>> {
+) -> sqlx::Result<(Vec<Written>, Vec<BTreeMap<String, String>>)> {
     use sqlx::Row as _;
     let query = concat!(
         insert_sql!(),
         " RETURNING id, created_at, key, pg_current_xact_id()::text::int8"
     );
-    let rows = bound(query, messages).fetch_all(conn).await?;
+    let headers = stamped(messages);
+    let rows = bound(query, messages, &headers).fetch_all(conn).await?;
     let mut written = rows
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
         .collect::<sqlx::Result<Vec<Written>>>()?;
     written.sort_unstable_by_key(|w| w.0);
-    Ok(written)
+    Ok((written, headers))
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Handoff {
         if !self.inner.active.load(Ordering::Relaxed) {
             return insert(conn, messages).await;
         }
-        let written = insert_returning(conn, messages).await?;
+        let (written, headers) = insert_returning(conn, messages).await?;
         let Some(&(_, _, _, txid)) = written.first() else {
             return Ok(());
         };
@@ -101,14 +101,15 @@ impl Handoff {
         let rows = messages
             .iter()
             .zip(written)
-            .map(|(m, (id, created_at, _, _))| Handed {
+            .zip(headers)
+            .map(|((m, (id, created_at, key, _)), headers)| Handed {
                 lane: lane_of(&m.key),
                 row: Row {
                     id,
                     topic: m.topic.clone(),
-                    key: m.key.clone(),
+                    key,
                     payload: m.payload.clone(),
-                    headers: sqlx::types::Json(super::enqueue::stamped(&m.headers)),
+                    headers: sqlx::types::Json(headers),
                     created_at,
                     xmin: txid,
                 },
