@@ -473,6 +473,87 @@ impl Drop for KafkaBroker {
     }
 }
 
+/// A TCP proxy a test can cut, standing in for a server that goes away and comes back (a stopped
+/// PostgreSQL, a network partition): while cut, the proxy's port refuses connections — as a
+/// stopped server's does — and every connection through it has been closed; [`Self::restore`]
+/// listens on the same port again.
+pub struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    target: String,
+    serving: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl CuttableProxy {
+    /// A proxy on a free loopback port forwarding to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy port");
+        let addr = listener.local_addr().expect("proxy address");
+        let proxy = Self {
+            addr,
+            target: target.to_owned(),
+            serving: std::sync::Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Closes the port and every connection through it.
+    pub fn cut(&self) {
+        if let Some(task) = self.serving.lock().expect("proxy lock").take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() > deadline => panic!("proxy port {} not free again: {e}", self.addr),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            // The connections live in this set: aborting the accept task drops it, and with it
+            // every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let target = target.clone();
+                        connections.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        *self.serving.lock().expect("proxy lock") = Some(task);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -526,6 +526,8 @@ async fn main() -> anyhow::Result<()> {
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // StartSaga calls refused by admission control (RESOURCE_EXHAUSTED), not errors.
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let duration = Duration::from_secs_f64(args.duration);
 
     match args.mode {
@@ -535,11 +537,20 @@ async fn main() -> anyhow::Result<()> {
             let mut n = 0u64;
             while started.elapsed() < duration {
                 tick.tick().await;
-                let (mut c, w, tx, errors) = (grpc.clone(), workload.clone(), tx.clone(), errors.clone());
+                let (mut c, w, tx, errors, refused) = (
+                    grpc.clone(),
+                    workload.clone(),
+                    tx.clone(),
+                    errors.clone(),
+                    refused.clone(),
+                );
                 tokio::spawn(async move {
                     match c.start_saga(w.request(n)).await {
                         Ok(r) => {
                             let _ = tx.send(r.into_inner().saga_id);
+                        }
+                        Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => {
                             if errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
@@ -572,13 +583,14 @@ async fn main() -> anyhow::Result<()> {
             let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut clients = vec![];
             for _ in 0..args.clients {
-                let (mut c, w, tx, f, counter, errors) = (
+                let (mut c, w, tx, f, counter, errors, refused) = (
                     grpc.clone(),
                     workload.clone(),
                     tx.clone(),
                     finish.clone(),
                     counter.clone(),
                     errors.clone(),
+                    refused.clone(),
                 );
                 clients.push(tokio::spawn(async move {
                     while started.elapsed() < duration {
@@ -589,6 +601,14 @@ async fn main() -> anyhow::Result<()> {
                                 let wait = f.wait(&id);
                                 let _ = tx.send(id);
                                 let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+                            }
+                            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                                // Admission control: wait as the retry hint says.
+                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let hint = tonic_types::StatusExt::get_details_retry_info(&e)
+                                    .and_then(|r| r.retry_delay)
+                                    .unwrap_or(Duration::from_millis(100));
+                                tokio::time::sleep(hint).await;
                             }
                             Err(_) => {
                                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -682,10 +702,11 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("== load: {what}; {mix}");
     println!(
-        "started {} in {:.1} s ({:.1}/s), StartSaga errors {}; terminal {} of {} ({}) {:.1} s after the first start",
+        "started {} in {:.1} s ({:.1}/s), refused by admission control {}, StartSaga errors {}; terminal {} of {} ({}) {:.1} s after the first start",
         ids.len(),
         load_time.as_secs_f64(),
         ids.len() as f64 / load_time.as_secs_f64(),
+        refused.load(std::sync::atomic::Ordering::Relaxed),
         errors.load(std::sync::atomic::Ordering::Relaxed),
         terminal,
         uuids.len(),

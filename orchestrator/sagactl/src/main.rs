@@ -28,7 +28,7 @@ const EXIT_CODES: &str = "Exit codes:
   0  success (watch: the saga completed or was compensated)
   1  unexpected error
   2  bad command line
-  3  the orchestrator is unreachable or unavailable
+  3  the orchestrator is unreachable or unavailable, or refuses new sagas for now (retry later)
   4  no such saga (or job)
   5  invalid argument (the message names it)
   6  the action does not apply to the saga as it is now (e.g. replaying a running saga)
@@ -464,7 +464,7 @@ impl Failure {
             ),
             Failure::Status(s) => {
                 let code = match s.code() {
-                    Code::Unavailable | Code::DeadlineExceeded => 3,
+                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 3,
                     Code::NotFound => 4,
                     Code::InvalidArgument | Code::OutOfRange => 5,
                     Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 6,

@@ -1,6 +1,7 @@
 //! Typed configuration: defaults (`#[serde(default)]`) → an optional TOML file → `APP_…` environment variables
 //! (`__` separates levels: `APP_DATABASE__URL`, `APP_KAFKA__BROKERS`, `APP_GRPC__LISTEN`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use saga_runtime::db::DatabaseSettings;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// How long finished sagas are kept (per saga type) and how fast they are removed.
     pub retention: RetentionSettings,
+    /// How many sagas may be in flight before `StartSaga` refuses new ones.
+    pub admission: AdmissionSettings,
 }
 
 impl Default for Settings {
@@ -60,7 +63,59 @@ impl Default for Settings {
             audit: AuditSettings::default(),
             jobs: JobSettings::default(),
             retention: RetentionSettings::default(),
+            admission: AdmissionSettings::default(),
         }
+    }
+}
+
+/// Admission control: when more sagas are in flight (running or compensating, waits for a signal
+/// or a person included) than a limit allows, `StartSaga` refuses new ones with
+/// RESOURCE_EXHAUSTED and a retry hint instead of queueing them behind the others. The count is
+/// read from the database every `refresh_ms` (the same count on every replica); between reads a
+/// replica adds what it admitted itself, so replicas together may exceed a limit by what the
+/// others admitted within one interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSettings {
+    /// Every saga type together; 0: no limit.
+    pub max_in_flight: u64,
+    /// Per saga type (`APP_ADMISSION__PER_TYPE__REGISTER_USER=500`); a type not named has only
+    /// the overall limit.
+    pub per_type: BTreeMap<String, u64>,
+    /// How often the sagas in flight are counted, in milliseconds.
+    pub refresh_ms: u64,
+    /// The retry hint given with a refusal, in milliseconds.
+    pub retry_after_ms: u64,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 10_000,
+            per_type: BTreeMap::new(),
+            refresh_ms: 200,
+            retry_after_ms: 1_000,
+        }
+    }
+}
+
+impl AdmissionSettings {
+    /// Whether any limit is set (then the count runs).
+    pub fn limited(&self) -> bool {
+        self.max_in_flight > 0 || self.per_type.values().any(|n| *n > 0)
+    }
+
+    /// Refuses a refresh interval of 0 and limits for saga types the catalog does not define.
+    pub(crate) fn validate(&self, catalog: &crate::catalog::Catalog) -> anyhow::Result<()> {
+        anyhow::ensure!(self.refresh_ms > 0, "admission.refresh_ms must be above 0");
+        for name in self.per_type.keys() {
+            anyhow::ensure!(
+                catalog.latest(name).is_some(),
+                "admission.per_type.{name}: no such saga type (known: {})",
+                catalog.names().join(", ")
+            );
+        }
+        Ok(())
     }
 }
 

@@ -109,6 +109,7 @@ impl Application {
             None => Catalog::builtin()?,
         };
         settings.retention.validate(&catalog)?;
+        settings.admission.validate(&catalog)?;
         let pool = migrated_pool(&settings).await?;
 
         let kafka = &settings.kafka;
@@ -132,6 +133,7 @@ impl Application {
             routing,
             clock,
             settings.grpc.max_payload_bytes,
+            settings.admission.clone(),
         );
         let coordinator = Arc::new(coordinator);
         let health = Health::new(Duration::from_millis(kafka.unready_after_ms));
@@ -270,6 +272,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let served = server
+            .layer(tower::util::MapResponseLayer::new(
+                crate::grpc::message_too_large_is_resource_exhausted::<tonic::body::Body>,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(SagaOrchestratorServer::new(api))

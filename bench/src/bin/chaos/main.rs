@@ -260,6 +260,8 @@ struct Shared {
     started: Mutex<Vec<Started>>,
     /// Requests the API refused for good (after retrying on both replicas).
     not_accepted: Mutex<BTreeMap<usize, u64>>,
+    /// Per phase, every refused StartSaga attempt: seconds to its answer, and its code.
+    refusals: Mutex<BTreeMap<usize, Vec<(f64, tonic::Code)>>>,
     moderation: Mutex<Moderation>,
     lifecycle: Mutex<lifecycle::Lifecycle>,
     phase: std::sync::atomic::AtomicUsize,
@@ -311,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
         services: Mutex::new(services(&args, &brokers)),
         started: Mutex::new(Vec::new()),
         not_accepted: Mutex::new(BTreeMap::new()),
+        refusals: Mutex::new(BTreeMap::new()),
         moderation: Mutex::new(Moderation::default()),
         lifecycle: Mutex::new(lifecycle::Lifecycle::default()),
         phase: std::sync::atomic::AtomicUsize::new(0),
@@ -706,7 +709,7 @@ async fn seed_users(
             &format!("Seed {seed} {i}"),
             &format!("chaos-{seed}-seed-{i}"),
         );
-        let id = start(clients, i, req).await.context("seeding users")?;
+        let id = start(clients, i, req, None).await.context("seeding users")?;
         ids.push(id);
         taken.push(email);
     }
@@ -812,16 +815,36 @@ fn request(w: &Workload, seed: u64, n: usize) -> Request {
     Request { start, expect, kind }
 }
 
+/// How long the harness waits for one StartSaga answer; a refusal should come at once.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The slowest a refused StartSaga attempt may be answered: the orchestrator waits about a
+/// second for a database connection, then refuses (coordinator/admission.rs).
+const REFUSAL_LIMIT_SECS: f64 = 3.0;
+
 /// Starts a saga on one replica, or the other while it is down; the idempotency key makes a
-/// retry safe. Gives up after 30 s.
+/// retry safe. Gives up after 30 s. With `record`, every refused attempt is noted for the phase
+/// (how long its answer took, and its code).
 async fn start(
     clients: &[SagaOrchestratorClient<Channel>],
     n: usize,
     req: StartSagaRequest,
+    record: Option<(&Shared, usize)>,
 ) -> anyhow::Result<Uuid> {
     let started = on_either(clients, n, |mut c| {
-        let req = req.clone();
-        async move { c.start_saga(req).await }
+        let mut request = tonic::Request::new(req.clone());
+        request.set_timeout(START_PATIENCE);
+        async move {
+            let began = Instant::now();
+            let answer = c.start_saga(request).await;
+            if let (Err(e), Some((shared, phase))) = (&answer, record) {
+                lock(&shared.refusals)
+                    .entry(phase)
+                    .or_default()
+                    .push((began.elapsed().as_secs_f64(), e.code()));
+            }
+            answer
+        }
     })
     .await
     .map_err(|e| anyhow::anyhow!("StartSaga: {}: {}", e.code(), e.message()))?;
@@ -943,7 +966,7 @@ async fn drive(
         } = request(&workload, seed, n);
         let (shared, clients) = (shared.clone(), clients.clone());
         tasks.spawn(async move {
-            let id = match start(&clients, n, req).await {
+            let id = match start(&clients, n, req, Some((shared.as_ref(), phase))).await {
                 Ok(id) => id,
                 Err(_) => {
                     *lock(&shared.not_accepted).entry(phase).or_default() += 1;
@@ -1137,6 +1160,45 @@ async fn report(
             t.line(fault.describe(), not_accepted.get(&i).copied().unwrap_or(0))
         );
         ok &= t.ok();
+    }
+    // Refused StartSaga attempts (each retried on the other replica): answered at once, not
+    // after a wait for a database that is not there.
+    println!();
+    println!("StartSaga attempts refused, per fault: count by code; seconds to the answer p50 / p99 / max");
+    let refusals = lock(&shared.refusals).clone();
+    for (i, fault) in faults.iter().enumerate() {
+        let mut attempts = refusals.get(&i).cloned().unwrap_or_default();
+        let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, code) in &attempts {
+            *codes.entry(format!("{code:?}")).or_default() += 1;
+        }
+        attempts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let q = |p: f64| {
+            attempts
+                .get(((attempts.len().max(1) - 1) as f64 * p).round() as usize)
+                .map_or(0.0, |a| a.0)
+        };
+        let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!(
+            "{:<44} {:>8}  {}  {:.2} / {:.2} / {:.2}",
+            fault.describe(),
+            attempts.len(),
+            if codes.is_empty() {
+                "-".to_owned()
+            } else {
+                codes.join(", ")
+            },
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+        if q(1.0) > REFUSAL_LIMIT_SECS {
+            println!(
+                "  a refusal took {:.2} s (limit {REFUSAL_LIMIT_SECS} s): StartSaga must fail fast",
+                q(1.0)
+            );
+            ok = false;
+        }
     }
     // The same sagas by kind of request (requests never accepted have no kind here).
     println!();

@@ -4,14 +4,17 @@
 //! `{"error": …}` body ([`IntoResponse`]) — so the same bad request gets the same answer over
 //! gRPC and over HTTP.
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use saga_engine::EngineError;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::audit::AuditError;
 use crate::auth::Denied;
-use crate::coordinator::{ApplyError, StartError};
+use crate::coordinator::{ApplyError, StartError, admission};
 use crate::jobs::JobError;
 use crate::store::StoreError;
 
@@ -29,6 +32,8 @@ pub(crate) enum ErrorKind {
     /// A concurrent change won; trying again may succeed.
     Aborted,
     Unimplemented,
+    /// Too much work in flight (admission control); retry later.
+    ResourceExhausted,
     /// A dependency (the database, a participant) cannot be reached now; retry later.
     Unavailable,
     Internal,
@@ -45,6 +50,7 @@ impl ErrorKind {
             Self::FailedPrecondition => Code::FailedPrecondition,
             Self::Aborted => Code::Aborted,
             Self::Unimplemented => Code::Unimplemented,
+            Self::ResourceExhausted => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
@@ -60,6 +66,7 @@ impl ErrorKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::AlreadyExists | Self::FailedPrecondition | Self::Aborted => StatusCode::CONFLICT,
             Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +79,9 @@ impl ErrorKind {
 pub(crate) struct ApiError {
     pub(crate) kind: ErrorKind,
     pub(crate) message: String,
+    /// When trying again makes sense: a gRPC `google.rpc.RetryInfo` detail, an HTTP
+    /// `Retry-After` header.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -79,6 +89,14 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn retry_after(self, delay: Duration) -> Self {
+        Self {
+            retry_after: Some(delay),
+            ..self
         }
     }
 
@@ -104,28 +122,44 @@ impl ApiError {
     }
 
     /// The store cannot be reached: logged here with the cause, answered without it.
-    fn store_unavailable(cause: &dyn std::fmt::Display) -> Self {
+    fn store_unavailable(cause: &StoreError) -> Self {
         tracing::error!(error = %cause, "saga store unavailable");
-        Self::new(
+        let e = Self::new(
             ErrorKind::Unavailable,
             "the saga store is unavailable; retry later",
-        )
+        );
+        if admission::unreachable(cause) {
+            e.retry_after(admission::RETRY_AFTER_DOWN)
+        } else {
+            e
+        }
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        Status::new(e.kind.grpc(), e.message)
+        match e.retry_after {
+            Some(delay) => Status::with_error_details(
+                e.kind.grpc(),
+                e.message,
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
+            None => Status::new(e.kind.grpc(), e.message),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.kind.http(),
-            axum::Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let body = axum::Json(serde_json::json!({ "error": self.message }));
+        match self.retry_after {
+            // Whole seconds, rounded up (RFC 9110: delay-seconds).
+            Some(delay) => {
+                let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+                (self.kind.http(), [(header::RETRY_AFTER, secs.to_string())], body).into_response()
+            }
+            None => (self.kind.http(), body).into_response(),
+        }
     }
 }
 
@@ -144,6 +178,11 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => Self::new(ErrorKind::Aborted, e.to_string()),
             StoreError::DuplicateKey => Self::new(ErrorKind::AlreadyExists, e.to_string()),
             StoreError::Shared(_) | StoreError::Database(_) => Self::store_unavailable(&e),
+            StoreError::Down { retry_after } => Self::new(
+                ErrorKind::Unavailable,
+                "the saga store is unavailable; retry later",
+            )
+            .retry_after(retry_after),
             StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt saga row");
                 Self::new(ErrorKind::Internal, e.to_string())
@@ -167,6 +206,10 @@ impl From<StartError> for ApiError {
             | StartError::PayloadField { .. }
             | StartError::BadKey(_) => Self::invalid(e.to_string()),
             StartError::KeyReused { .. } => Self::new(ErrorKind::AlreadyExists, e.to_string()),
+            StartError::Busy(busy) => {
+                let retry_after = busy.retry_after;
+                Self::new(ErrorKind::ResourceExhausted, busy.to_string()).retry_after(retry_after)
+            }
             StartError::Store(s) => s.into(),
         }
     }
@@ -233,12 +276,31 @@ mod tests {
             (FailedPrecondition, Code::FailedPrecondition, 409),
             (Aborted, Code::Aborted, 409),
             (Unimplemented, Code::Unimplemented, 501),
+            (ResourceExhausted, Code::ResourceExhausted, 429),
             (Unavailable, Code::Unavailable, 503),
             (Internal, Code::Internal, 500),
         ] {
             assert_eq!(kind.grpc(), code, "{kind:?}");
             assert_eq!(kind.http().as_u16(), status, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn a_retry_hint_travels_as_retry_info_and_as_retry_after() {
+        let e = ApiError::new(ErrorKind::ResourceExhausted, "busy").retry_after(Duration::from_millis(1500));
+        let status = Status::from(e.clone());
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(1500))
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"2"[..]),
+            "whole seconds, rounded up"
+        );
     }
 
     #[test]

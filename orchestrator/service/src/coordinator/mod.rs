@@ -3,11 +3,13 @@
 //! ([`store::commit`]). One file per entry point:
 //!
 //! - [`start`]: `StartSaga` — validation, idempotency keys, and the group-commit writer.
+//! - [`admission`]: whether a new saga is let in now (the store answering, the sagas in flight).
 //! - [`replies`]: participants' replies, a consumer batch in one transaction.
 //! - [`operator`]: operator actions (abort, replay, retry) and their dry runs.
 //! - [`timers`]: deadlines and retries, woken by the timer loop.
 //! - [`metrics`]: saga metrics, derived from each committed decision's events.
 
+pub(crate) mod admission;
 mod children;
 pub(crate) mod metrics;
 pub(crate) mod operator;
@@ -85,6 +87,10 @@ pub(crate) struct Coordinator {
     starts: mpsc::Sender<start::PendingStart>,
     /// Outbox rows handed to this process's relay (see [`Handoff`]).
     handoff: Handoff,
+    /// Whether the store answered lately; new sagas are refused at once while it does not.
+    gate: admission::StoreGate,
+    /// The sagas in flight, against the admission limits.
+    in_flight: Arc<admission::InFlight>,
 }
 
 impl Coordinator {
@@ -96,6 +102,7 @@ impl Coordinator {
         routing: Routing,
         clock: Arc<dyn Clock>,
         max_payload_bytes: usize,
+        admission: crate::settings::AdmissionSettings,
     ) -> (Self, StartWriter) {
         let (starts, writer) = StartWriter::new(pool.clone());
         let coordinator = Self {
@@ -106,8 +113,15 @@ impl Coordinator {
             max_payload_bytes,
             starts,
             handoff: Handoff::new(),
+            gate: admission::StoreGate::default(),
+            in_flight: Arc::new(admission::InFlight::new(admission)),
         };
         (coordinator, writer)
+    }
+
+    /// The count of sagas in flight the admission limits use; start-up runs its refresh.
+    pub(crate) fn in_flight(&self) -> &Arc<admission::InFlight> {
+        &self.in_flight
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

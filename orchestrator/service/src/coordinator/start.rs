@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::DB_WAIT;
 use super::{Coordinator, current_step_name, fill_generated_ids, metrics};
 use crate::store::{self, NewEvent, PendingInput, RowWrite, SagaWrite, StoreError};
 
@@ -36,6 +37,9 @@ pub(crate) enum StartError {
     BadKey(String),
     #[error("idempotency_key `{key}` was already used for a different request (saga {saga_id})")]
     KeyReused { key: String, saga_id: SagaId },
+    /// Too many sagas in flight (admission control).
+    #[error(transparent)]
+    Busy(#[from] super::admission::Busy),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +67,8 @@ pub(super) struct PendingStart {
     trace_context: BTreeMap<String, String>,
     /// Search key values (name, value) to index.
     keys: Vec<(String, String)>,
+    /// Its place among the sagas in flight, counted as written once the writer has written it.
+    admitted: super::admission::Admitted,
     /// `Ok(false)`: the idempotency key was taken.
     done: oneshot::Sender<Result<bool, StoreError>>,
 }
@@ -111,6 +117,12 @@ impl Coordinator {
         if let Some(k) = key {
             validate_key(k)?;
         }
+        // A valid request, but the store did not answer lately: refused at once (see admission.rs).
+        self.gate.check().map_err(|retry_after| {
+            ::metrics::counter!("sagas_refused_total", "saga_type" => saga_type.to_owned(), "reason" => "store_down")
+                .increment(1);
+            StoreError::Down { retry_after }
+        })?;
         // serde_json maps are ordered by key, so this serialization is canonical.
         let hash = request_hash(saga_type, &payload);
         if let Some(k) = key
@@ -118,6 +130,8 @@ impl Coordinator {
         {
             return Ok(found);
         }
+        // A new saga: within the limits of sagas in flight (a repeat above adds nothing).
+        let admitted = self.in_flight.admit(saga_type)?;
 
         fill_generated_ids(def, &mut context);
         let id = SagaId::new_v7();
@@ -136,13 +150,15 @@ impl Coordinator {
                 .map(|(name, value)| (name.to_owned(), value))
                 .collect(),
             decision,
+            admitted,
             done,
         };
         let stopped = || StoreError::Shared(Arc::new(StoreError::Database(sqlx::Error::PoolClosed)));
         let inserted = match self.starts.send(pending).await {
             Ok(()) => written.await.unwrap_or_else(|_| Err(stopped())),
             Err(_) => Err(stopped()),
-        }?;
+        };
+        let inserted = inserted?;
         if !inserted {
             // Lost a race with an identical concurrent request: answer like a repeat.
             let k = key.unwrap_or_default();
@@ -157,8 +173,15 @@ impl Coordinator {
 
     /// The saga that already holds `key`: the same one if the request is identical, else an error.
     async fn existing(&self, key: &str, hash: &[u8]) -> Result<Option<Started>, StartError> {
-        let mut conn = self.pool.acquire().await?;
-        match store::find_by_key(&mut conn, key).await? {
+        let found = async {
+            let mut conn = tokio::time::timeout(DB_WAIT, self.pool.acquire())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            store::find_by_key(&mut conn, key).await
+        }
+        .await;
+        self.gate.record(&found);
+        match found? {
             None => Ok(None),
             Some((id, stored)) if stored == hash => Ok(Some(Started { id, created: false })),
             Some((saga_id, _)) => Err(StartError::KeyReused {
@@ -185,12 +208,20 @@ impl StartWriter {
     }
 
     /// Writes new sagas until `shutdown`; then writes what is already queued, refuses what comes
-    /// later, and returns.
+    /// later, and returns. Between two writes, every `refresh_ms`, it counts the sagas in flight
+    /// for the admission limits (when any is set): no write of this replica is half-way then.
     pub(crate) async fn run(mut self, coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
+        let in_flight = coordinator.in_flight().clone();
+        let mut recount = tokio::time::interval(in_flight.refresh_every());
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(START_BATCH);
         loop {
             let received = tokio::select! {
                 n = self.queue.recv_many(&mut batch, START_BATCH) => n,
+                _ = recount.tick(), if in_flight.limited() => {
+                    in_flight.recount(&self.pool).await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => {
                     self.queue.close();
                     self.queue.recv_many(&mut batch, START_BATCH).await
@@ -240,16 +271,36 @@ impl StartWriter {
                 keys: p.keys.iter().map(|(n, v)| (n.as_str(), v.clone())).collect(),
             })
             .collect();
-        let committed = async {
-            // New sagas only: every statement inserts from arrays (sagas, their history, the
-            // outbox), none looks rows up (`saga_events` has no foreign key: migration 0007).
-            let mut tx = saga_runtime::db::begin_planned_once(&self.pool).await?;
-            let written = store::commit(&mut tx, &writes, &coordinator.handoff).await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>(written)
-        }
-        .await;
+        let committed = match coordinator.gate.attempt() {
+            // The store did not answer lately and another write is probing it.
+            Err(retry_after) => Err(StoreError::Down { retry_after }),
+            Ok(()) => {
+                let committed = async {
+                    // New sagas only: every statement inserts from arrays (sagas, their history,
+                    // the outbox), none looks rows up (`saga_events` has no foreign key: 0007).
+                    let begin = saga_runtime::db::begin_planned_once(&self.pool);
+                    let mut tx = tokio::time::timeout(DB_WAIT, begin)
+                        .await
+                        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                    let written = store::commit(&mut tx, &writes, &coordinator.handoff).await?;
+                    tx.commit().await?;
+                    Ok::<_, StoreError>(written)
+                }
+                .await;
+                coordinator.gate.record(&committed);
+                committed
+            }
+        };
         drop(writes);
+        // The sagas written now count as in flight, in the step that stops counting them as
+        // being written.
+        let ok: Vec<bool> = match &committed {
+            Ok(written) => written.clone(),
+            Err(_) => vec![false; batch.len()],
+        };
+        coordinator
+            .in_flight()
+            .written(batch.iter_mut().zip(ok).map(|(p, ok)| (&mut p.admitted, ok)));
         match committed {
             Ok(written) => {
                 for (p, ok) in batch.drain(..).zip(written) {

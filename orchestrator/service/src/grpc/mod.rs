@@ -43,6 +43,21 @@ fn page(n: u32) -> Result<i64, ApiError> {
     request::page_size((n != 0).then_some(n)).map_err(|e| e.in_field("page_size"))
 }
 
+/// tonic refuses a request message over its size limit (4 MiB) with OUT_OF_RANGE before any
+/// handler runs. gRPC's convention for a message over the limit is RESOURCE_EXHAUSTED, and
+/// OUT_OF_RANGE means an argument past a valid range, which no handler of this service answers
+/// ([`ApiError`] has no such kind): so every OUT_OF_RANGE that comes back as headers only (the
+/// shape of an answer given before a handler ran) is rewritten to RESOURCE_EXHAUSTED.
+pub(crate) fn message_too_large_is_resource_exhausted<B>(
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|s| s.as_bytes() == b"11") {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 #[derive(Clone)]
 pub(crate) struct SagaApi {
     api: Api,

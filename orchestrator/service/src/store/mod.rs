@@ -48,6 +48,9 @@ pub(crate) enum StoreError {
     DuplicateKey,
     #[error("stored saga {id} cannot be read: {why}")]
     Corrupt { id: Uuid, why: String },
+    /// Not tried: the store did not answer lately (`StartSaga`'s gate, coordinator/admission.rs).
+    #[error("the saga store did not answer lately; not tried")]
+    Down { retry_after: std::time::Duration },
 }
 
 /// A saga as loaded, with its concurrency token.
