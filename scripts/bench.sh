@@ -13,6 +13,11 @@
 #   scripts/bench.sh --idle 60                        # no traffic: what the idle stack costs
 #   scripts/bench.sh --short                          # CI smoke: 50/s for 5 s, no figures to trust
 #
+# Overload with admission control: BENCH_MAX_IN_FLIGHT=N sets the orchestrator's limit of sagas in
+# flight (refused starts are counted apart from errors):
+#
+#   BENCH_MAX_IN_FLIGHT=500 scripts/bench.sh --rate 2900 --duration 60
+#
 # BENCH_WARMUP_SECS=N runs the same load for N seconds first, unmeasured (a warm broker, as
 # deployed; the measured run's audit still counts the warm-up's sagas).
 #
@@ -70,6 +75,10 @@ case "${BENCH_RETENTION_DAYS:-}" in
     off) retention=(APP_RETENTION__ENABLED=false) ;;
     *) retention=(APP_RETENTION__MAX_AGE_DAYS="$BENCH_RETENTION_DAYS") ;;
 esac
+# BENCH_MAX_IN_FLIGHT=N: the orchestrator's admission limit (APP_ADMISSION__MAX_IN_FLIGHT; 0: none).
+# Orchestrator settings must not go in the environment of the whole script: the participants
+# refuse settings they do not know.
+[[ -n "${BENCH_MAX_IN_FLIGHT:-}" ]] && retention+=(APP_ADMISSION__MAX_IN_FLIGHT="$BENCH_MAX_IN_FLIGHT")
 if [[ -n "${BENCH_SEED_FINISHED:-}" ]]; then
     psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE bench_orchestrator" >/dev/null
     log "seeding $BENCH_SEED_FINISHED finished sagas over two days"
