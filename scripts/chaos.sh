@@ -15,8 +15,13 @@
 #   scripts/chaos.sh --short               # CI: every fault for 15 s each (debug build)
 #   scripts/chaos.sh --seed 42 --only kill # replay one run's fault schedule; one fault kind
 #
-# CHAOS_BROKER_PORT (default 39292; the controller takes the next port) and CHAOS_PG_PORT (5433)
-# choose the harness's own broker and PostgreSQL cluster; it refuses a broker port already taken.
+# The Kafka cluster is three nodes as deployed (replication 3, min.insync.replicas 2), which adds
+# the cluster's own faults: the leader of a partition killed, a broker stalled (SIGSTOP) for 30 s,
+# the active controller killed, a rolling restart. CHAOS_BROKERS=1 runs one node instead.
+#
+# CHAOS_BROKER_PORT (default 39292; node k listens on PORT+2(k-1), its controller on the port
+# after) and CHAOS_PG_PORT (5433) choose the harness's own brokers and PostgreSQL cluster; it
+# refuses a broker port already taken.
 #
 # Other arguments pass through to the harness (see `target/release/chaos --help`).
 set -euo pipefail
@@ -26,6 +31,7 @@ cd "$SAGA_ROOT"
 CHAOS_PG_CLUSTER=chaos
 CHAOS_PG_PORT="${CHAOS_PG_PORT:-5433}"
 CHAOS_BROKER_PORT="${CHAOS_BROKER_PORT:-39292}"
+CHAOS_BROKERS="${CHAOS_BROKERS:-3}"
 LOGS="$SAGA_ROOT/target/chaos"
 
 short=false
@@ -37,7 +43,7 @@ $short && args=(--phase-secs 15 --rate 20 "${args[@]}")
 
 ensure_build_tools
 ensure_postgres
-for port in "$CHAOS_BROKER_PORT" "$((CHAOS_BROKER_PORT + 1))"; do
+for ((port = CHAOS_BROKER_PORT; port < CHAOS_BROKER_PORT + 2 * CHAOS_BROKERS; port++)); do
     port_open 127.0.0.1 "$port" &&
         die "something already listens on 127.0.0.1:$port; the chaos harness wants a broker of its own (CHAOS_BROKER_PORT)"
 done
@@ -74,4 +80,5 @@ exec "$SAGA_ROOT/target/$profile/chaos" \
     --database "postgres://postgres@$PG_HOST:$CHAOS_PG_PORT" \
     --pg-ctl "pg_ctlcluster --skip-systemctl-redirect $ver $CHAOS_PG_CLUSTER" \
     --broker-port "$CHAOS_BROKER_PORT" \
+    --brokers "$CHAOS_BROKERS" \
     "${args[@]}"

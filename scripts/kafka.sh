@@ -2,7 +2,9 @@
 # The local Apache Kafka broker: one KRaft node (broker and controller in one JVM), run from the
 # Maven Central artifacts named in scripts/kafka/pom.xml with the project's own
 # scripts/kafka/server.properties. Used by dev.sh, test.sh, bench.sh and by tests that need a
-# broker of their own (to kill it, wipe it, or give it a SASL_SSL listener).
+# broker of their own (to kill it, wipe it, or give it a SASL_SSL listener). Several nodes make a
+# cluster as deployed (replication 3, min.insync.replicas 2): each is a `run` with its own
+# directory and ports, the same --cluster-id, --voters naming every node, and --replicas 3.
 #
 #   scripts/kafka.sh install       # resolve the jars into the cache (once); prints the jar directory
 #   scripts/kafka.sh run --dir DIR --port PORT [options]
@@ -16,6 +18,21 @@
 #   --set KEY=VALUE         a broker property, after (so over) everything else; repeatable
 #   --format-arg ARG        passed to the storage formatter when DIR is new (e.g. --add-scram ...)
 #   --heap SIZE             maximum heap (default 384m)
+#   --node-id N             this node's id (default 1)
+#   --voters LIST           the controller quorum, ID@HOST:CONTROLLER_PORT,… (default: this node alone)
+#   --cluster-id ID         the cluster id to format a new DIR with (default: a random one; every
+#                           node of a cluster needs the same)
+#   --replicas N            replicas of every topic and internal topic (default 1; with N > 1,
+#                           min.insync.replicas is 2)
+#
+#   scripts/kafka.sh cluster-id    # prints a new cluster id
+#
+# A three-node cluster on one machine (three JVMs; what the chaos harness's --brokers 3 runs):
+#   id="$(scripts/kafka.sh cluster-id)"; voters=1@127.0.0.1:9101,2@127.0.0.1:9103,3@127.0.0.1:9105
+#   for n in 1 2 3; do
+#       scripts/kafka.sh run --dir "/tmp/kafka-$n" --port $((9098 + 2 * n)) --node-id "$n" \
+#           --voters "$voters" --cluster-id "$id" --replicas 3 --heap 256m &
+#   done
 #
 # The log directory is DIR/data: keep DIR and the broker keeps its topics, messages and consumer
 # offsets across restarts; delete it and the next start is a new, empty cluster.
@@ -70,7 +87,7 @@ new_cluster_id() {
 }
 
 run() {
-    local dir="" port="" cport="" heap=384m
+    local dir="" port="" cport="" heap=384m node_id=1 voters="" cluster_id="" replicas=1
     local sets=() format_args=() extra=()
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -81,11 +98,18 @@ run() {
             --listener) extra+=("$2"); shift 2 ;;
             --format-arg) format_args+=("$2"); shift 2 ;;
             --heap) heap="$2"; shift 2 ;;
+            --node-id) node_id="$2"; shift 2 ;;
+            --voters) voters="$2"; shift 2 ;;
+            --cluster-id) cluster_id="$2"; shift 2 ;;
+            --replicas) replicas="$2"; shift 2 ;;
             *) die "kafka.sh run: unknown option $1" ;;
         esac
     done
     [ -n "$dir" ] && [ -n "$port" ] || die "kafka.sh run needs --dir and --port"
     cport="${cport:-$((port + 1))}"
+    voters="${voters:-$node_id@127.0.0.1:$cport}"
+    local isr=1
+    [ "$replicas" -gt 1 ] && isr=2
     ensure_java
     local libs
     libs="$(kafka_libs)"
@@ -103,8 +127,18 @@ run() {
         echo "listeners=$listeners,CONTROLLER://127.0.0.1:$cport"
         echo "advertised.listeners=$listeners"
         echo "listener.security.protocol.map=$map"
-        echo "controller.quorum.voters=1@127.0.0.1:$cport"
+        echo "node.id=$node_id"
+        echo "controller.quorum.voters=$voters"
         echo "log.dirs=$dir/data"
+        if [ "$replicas" -gt 1 ]; then
+            echo "default.replication.factor=$replicas"
+            echo "min.insync.replicas=$isr"
+            echo "offsets.topic.replication.factor=$replicas"
+            echo "transaction.state.log.replication.factor=$replicas"
+            echo "transaction.state.log.min.isr=$isr"
+            echo "share.coordinator.state.topic.replication.factor=$replicas"
+            echo "share.coordinator.state.topic.min.isr=$isr"
+        fi
         local s
         for s in "${sets[@]}"; do echo "$s"; done
     } >"$dir/server.properties"
@@ -115,7 +149,7 @@ run() {
     )
     if [ ! -f "$dir/data/meta.properties" ]; then
         java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format \
-            -t "$(new_cluster_id)" -c "$dir/server.properties" "${format_args[@]}" >"$dir/format.log" 2>&1 || {
+            -t "${cluster_id:-$(new_cluster_id)}" -c "$dir/server.properties" "${format_args[@]}" >"$dir/format.log" 2>&1 || {
             cat "$dir/format.log" >&2
             die "formatting $dir/data failed"
         }
@@ -125,6 +159,7 @@ run() {
 
 case "${1:-}" in
     install) kafka_libs ;;
+    cluster-id) new_cluster_id; echo ;;
     run) shift; run "$@" ;;
-    *) die "usage: scripts/kafka.sh install | run --dir DIR --port PORT [options]" ;;
+    *) die "usage: scripts/kafka.sh install | cluster-id | run --dir DIR --port PORT [options]" ;;
 esac

@@ -7,7 +7,18 @@
 //!   Kubernetes Deployment would);
 //! - `term`: SIGTERM of a random service every 8–12 s (a rolling deploy);
 //! - `postgres`: the database server stopped (fast) and started again after 5 s;
-//! - `broker`: the Kafka broker SIGKILLed and started again after 5 s, its log kept.
+//! - `broker`: the Kafka broker (every node of the cluster) SIGKILLed and started again after 5 s,
+//!   its log kept.
+//!
+//! With `--brokers 3` (a cluster as deployed: replication 3, `min.insync.replicas` 2; see
+//! [`cluster`]) four more:
+//!
+//! - `leader-kill`: the leader of a command or reply partition SIGKILLed, started again after 10 s;
+//!   again while the phase lasts;
+//! - `broker-stall`: a node SIGSTOPped for 30 s (a stall, not a crash), then SIGCONTed;
+//! - `controller-kill`: the active controller SIGKILLed, started again after 10 s;
+//! - `rolling-restart`: every node SIGTERMed and started again in turn, each once its partitions are
+//!   back in sync.
 //!
 //! Through every phase the lifecycle works too ([`lifecycle`]): retention removes sagas half a
 //! minute after they end, archiving them first; the harness holds some sagas and holds and
@@ -54,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
+mod cluster;
 mod lifecycle;
 
 #[derive(Parser, Clone)]
@@ -74,9 +86,13 @@ struct Args {
     /// The command that controls that server; `stop` and `start` are appended.
     #[arg(long)]
     pg_ctl: String,
-    /// The broker's port (its controller listens on the next one).
+    /// The first broker's port (its controller listens on the next one; with `--brokers 3` the
+    /// others take the four ports after).
     #[arg(long, default_value_t = 39292)]
     broker_port: u16,
+    /// Kafka nodes: 1, or 3 (replication 3, min.insync.replicas 2, and the cluster's own faults).
+    #[arg(long, default_value_t = 1)]
+    brokers: u16,
     /// Sagas started per second.
     #[arg(long, default_value_t = 30.0)]
     rate: f64,
@@ -117,6 +133,10 @@ enum Fault {
     Term,
     Postgres,
     Broker,
+    LeaderKill,
+    BrokerStall,
+    ControllerKill,
+    RollingRestart,
 }
 
 impl Fault {
@@ -126,9 +146,24 @@ impl Fault {
             Fault::Term => "SIGTERM of a random service every 8-12 s",
             Fault::Postgres => "PostgreSQL stopped (fast) and restarted",
             Fault::Broker => "Kafka broker SIGKILLed and restarted, log kept",
+            Fault::LeaderKill => "partition leader SIGKILLed, back after 10 s",
+            Fault::BrokerStall => "a broker SIGSTOPped for 30 s",
+            Fault::ControllerKill => "active controller SIGKILLed, back after 10 s",
+            Fault::RollingRestart => "rolling restart of the three brokers",
         }
     }
+
+    /// Faults of a cluster of several nodes.
+    fn needs_cluster(self) -> bool {
+        matches!(
+            self,
+            Fault::LeaderKill | Fault::BrokerStall | Fault::ControllerKill | Fault::RollingRestart
+        )
+    }
 }
+
+/// The topics whose partitions' leaders `leader-kill` picks from (commands and replies).
+const LEADER_TOPICS: [&str; 3] = ["user.commands", "post.commands", "saga.replies"];
 
 /// Uniform in [lo, hi).
 fn between(rng: &mut fastrand::Rng, lo: f64, hi: f64) -> f64 {
@@ -145,6 +180,16 @@ struct Service {
     /// Restart after it exits (off while the harness stops it on purpose).
     supervised: bool,
     restarts: u32,
+}
+
+/// A harness that stops early (an error) leaves no service behind.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Service {
@@ -272,12 +317,25 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| Uuid::now_v7().as_u64_pair().1);
     let faults: Vec<Fault> = if args.only.is_empty() {
-        vec![Fault::Kill, Fault::Term, Fault::Postgres, Fault::Broker]
+        let mut all = vec![Fault::Kill, Fault::Term, Fault::Postgres, Fault::Broker];
+        if args.brokers > 1 {
+            all.extend([
+                Fault::LeaderKill,
+                Fault::BrokerStall,
+                Fault::ControllerKill,
+                Fault::RollingRestart,
+            ]);
+        }
+        all
     } else {
         args.only.clone()
     };
+    if let Some(f) = faults.iter().find(|f| f.needs_cluster() && args.brokers < 3) {
+        anyhow::bail!("the fault {f:?} needs a cluster: --brokers 3");
+    }
     println!(
-        "chaos: seed {seed}; {} sagas/s; {} s per phase: {}",
+        "chaos: seed {seed}; {} broker(s); {} sagas/s; {} s per phase: {}",
+        args.brokers,
         args.rate,
         args.phase_secs,
         faults
@@ -304,10 +362,10 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&archive)?;
 
-    // The broker, with its log in the work directory (kept across its restarts).
-    let broker_dir = args.work_dir.join("kafka");
-    let mut broker = start_broker(&args, &broker_dir, 1).await?;
-    let brokers = format!("127.0.0.1:{}", args.broker_port);
+    // The broker(s), with their logs in the work directory (kept across restarts).
+    let mut kafka =
+        cluster::Cluster::start(&args.kafka_script, &args.work_dir, args.broker_port, args.brokers).await?;
+    let brokers = kafka.bootstrap();
 
     let shared = Arc::new(Shared {
         services: Mutex::new(services(&args, &brokers)),
@@ -409,11 +467,120 @@ async fn main() -> anyhow::Result<()> {
             Fault::Broker => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 println!("  {:>5.1} s: broker SIGKILLed", phase_time(end, args.phase_secs));
-                let _ = broker.kill();
-                let _ = broker.wait();
+                kafka.kill_all();
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                broker = start_broker(&args, &broker_dir, i + 2).await?;
+                kafka.restart_all().await?;
                 println!("  {:>5.1} s: broker started", phase_time(end, args.phase_secs));
+                last_fault = Instant::now();
+            }
+            Fault::LeaderKill => {
+                // Once, then again while the phase leaves room for another kill and its 10 s.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                loop {
+                    let leaders: Vec<_> = kafka
+                        .leaders(&LEADER_TOPICS)?
+                        .into_iter()
+                        .filter(|(_, _, leader)| *leader >= 0)
+                        .collect();
+                    anyhow::ensure!(!leaders.is_empty(), "no partition has a leader");
+                    let (topic, partition, leader) = &leaders[rng.usize(..leaders.len())];
+                    let k = u32::try_from(*leader)
+                        .ok()
+                        .and_then(|id| kafka.index_of(id))
+                        .context("the leader is not a node of the cluster")?;
+                    println!(
+                        "  {:>5.1} s: broker {leader} (leader of {topic}/{partition}) SIGKILLed",
+                        phase_time(end, args.phase_secs)
+                    );
+                    kafka.kill(k);
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    kafka.restart(k).await?;
+                    println!(
+                        "  {:>5.1} s: broker {leader} started",
+                        phase_time(end, args.phase_secs)
+                    );
+                    last_fault = Instant::now();
+                    let synced = kafka
+                        .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
+                        .await?;
+                    println!(
+                        "  {:>5.1} s: replicas {}",
+                        phase_time(end, args.phase_secs),
+                        if synced {
+                            "in sync"
+                        } else {
+                            "still not in sync after 60 s"
+                        }
+                    );
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    if end.saturating_duration_since(Instant::now()) < Duration::from_secs(15) {
+                        break;
+                    }
+                }
+            }
+            Fault::BrokerStall => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let k = rng.usize(..kafka.size());
+                let stall = Duration::from_secs(30.min(args.phase_secs.saturating_sub(5).max(5)));
+                println!(
+                    "  {:>5.1} s: broker {} SIGSTOPped for {} s",
+                    phase_time(end, args.phase_secs),
+                    kafka.id(k),
+                    stall.as_secs()
+                );
+                kafka.signal(k, Signal::STOP);
+                tokio::time::sleep(stall).await;
+                kafka.signal(k, Signal::CONT);
+                println!(
+                    "  {:>5.1} s: broker {} SIGCONTed",
+                    phase_time(end, args.phase_secs),
+                    kafka.id(k)
+                );
+                last_fault = Instant::now();
+            }
+            Fault::ControllerKill => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let id = kafka.active_controller()?;
+                let k = kafka
+                    .index_of(id)
+                    .context("the active controller is not a node")?;
+                println!(
+                    "  {:>5.1} s: broker {id} (the active controller) SIGKILLed",
+                    phase_time(end, args.phase_secs)
+                );
+                kafka.kill(k);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                kafka.restart(k).await?;
+                println!(
+                    "  {:>5.1} s: broker {id} started",
+                    phase_time(end, args.phase_secs)
+                );
+                last_fault = Instant::now();
+            }
+            Fault::RollingRestart => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for k in 0..kafka.size() {
+                    println!(
+                        "  {:>5.1} s: broker {} SIGTERMed",
+                        phase_time(end, args.phase_secs),
+                        kafka.id(k)
+                    );
+                    kafka.stop(k).await;
+                    kafka.restart(k).await?;
+                    let synced = kafka
+                        .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
+                        .await?;
+                    println!(
+                        "  {:>5.1} s: broker {} back, replicas {}",
+                        phase_time(end, args.phase_secs),
+                        kafka.id(k),
+                        if synced {
+                            "in sync"
+                        } else {
+                            "still not in sync after 60 s"
+                        }
+                    );
+                }
                 last_fault = Instant::now();
             }
         }
@@ -483,8 +650,7 @@ async fn main() -> anyhow::Result<()> {
     for s in lock(&shared.services).iter_mut() {
         s.signal(Signal::KILL);
     }
-    let _ = broker.kill();
-    let _ = broker.wait();
+    kafka.kill_all();
     if ok {
         println!("chaos: OK (seed {seed})");
         Ok(())
@@ -525,37 +691,13 @@ async fn connect(url: &str) -> anyhow::Result<PgPool> {
     }
 }
 
-/// Starts the broker (`scripts/kafka.sh run`) and waits until it serves.
-async fn start_broker(args: &Args, dir: &std::path::Path, n: usize) -> anyhow::Result<Child> {
-    let log_path = args.work_dir.join(format!("broker-{n}.log"));
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(&args.kafka_script)
-        .args(["run", "--port", &args.broker_port.to_string(), "--dir"])
-        .arg(dir)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the broker")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .contains("Kafka Server started")
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the broker did not start; see {}",
-            log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(child)
-}
-
 /// Two orchestrator replicas sharing one database, the user service and the post service.
 fn services(args: &Args, brokers: &str) -> Vec<Service> {
     let common = |db: &str| -> Vec<(String, String)> {
         [
             ("APP_KAFKA__BROKERS", brokers.to_owned()),
+            // Topics with a replica on every node (3: min.insync.replicas 2, from the brokers).
+            ("APP_KAFKA__REPLICATION", args.brokers.to_string()),
             ("APP_DATABASE__URL", format!("{}/{db}", args.database)),
             ("APP_DATABASE__CREATE_IF_MISSING", "true".into()),
             ("OTEL_TRACES_EXPORTER", "none".into()),

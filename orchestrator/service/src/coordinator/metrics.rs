@@ -20,6 +20,7 @@ pub(crate) fn register(catalog: &Catalog) {
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!("start_refusing_store_down").set(0.0);
     for def in catalog.definitions() {
         let t = def.name.clone();
         metrics::counter!("saga_started_total", "saga_type" => t.clone()).increment(0);
@@ -30,6 +31,11 @@ pub(crate) fn register(catalog: &Catalog) {
         }
         for state in ["running", "compensating", "failed"] {
             metrics::gauge!("sagas_by_state", "saga_type" => t.clone(), "state" => state).increment(0.0);
+        }
+        // Admission: refusals by reason (coordinator/admission.rs).
+        for reason in ["in_flight", "store_down"] {
+            metrics::counter!("sagas_refused_total", "saga_type" => t.clone(), "reason" => reason)
+                .increment(0);
         }
         for action in ["saga_aborted", "compensation_replayed", "step_retried"] {
             metrics::counter!("saga_operator_actions_total", "saga_type" => t.clone(), "action" => action)
