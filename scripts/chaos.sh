@@ -19,7 +19,7 @@
 # the cluster's own faults: the leader of a partition killed, a broker stalled (SIGSTOP) for 30 s,
 # the active controller killed, a rolling restart. CHAOS_BROKERS=1 runs one node instead.
 #
-# CHAOS_BROKER_PORT (default 39292; node k listens on PORT+2(k-1), its controller on the port
+# CHAOS_BROKER_PORT (default 29392; node k listens on PORT+2(k-1), its controller on the port
 # after) and CHAOS_PG_PORT (5433) choose the harness's own brokers and PostgreSQL cluster; it
 # refuses a broker port already taken.
 #
@@ -30,7 +30,7 @@ cd "$SAGA_ROOT"
 
 CHAOS_PG_CLUSTER=chaos
 CHAOS_PG_PORT="${CHAOS_PG_PORT:-5433}"
-CHAOS_BROKER_PORT="${CHAOS_BROKER_PORT:-39292}"
+CHAOS_BROKER_PORT="${CHAOS_BROKER_PORT:-29392}"
 CHAOS_BROKERS="${CHAOS_BROKERS:-3}"
 LOGS="$SAGA_ROOT/target/chaos"
 

@@ -88,7 +88,7 @@ struct Args {
     pg_ctl: String,
     /// The first broker's port (its controller listens on the next one; with `--brokers 3` the
     /// others take the four ports after).
-    #[arg(long, default_value_t = 39292)]
+    #[arg(long, default_value_t = 29392)]
     broker_port: u16,
     /// Kafka nodes: 1, or 3 (replication 3, min.insync.replicas 2, and the cluster's own faults).
     #[arg(long, default_value_t = 1)]
@@ -384,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The audit covers the sagas created from here on (its cross-checks cover all data).
     let started_at = chrono::Utc::now() - chrono::Duration::seconds(5);
-    let endpoints: Vec<Channel> = [50161, 50162]
+    let endpoints: Vec<Channel> = [18171, 18172]
         .iter()
         .map(|p| Endpoint::from_shared(format!("http://127.0.0.1:{p}")).map(|e| e.connect_lazy()))
         .collect::<Result<_, _>>()?;
@@ -488,17 +488,8 @@ async fn main() -> anyhow::Result<()> {
                         .ok()
                         .and_then(|id| kafka.index_of(id))
                         .context("the leader is not a node of the cluster")?;
-                    println!(
-                        "  {:>5.1} s: broker {leader} (leader of {topic}/{partition}) SIGKILLed",
-                        phase_time(end, args.phase_secs)
-                    );
-                    kafka.kill(k);
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                    kafka.restart(k).await?;
-                    println!(
-                        "  {:>5.1} s: broker {leader} started",
-                        phase_time(end, args.phase_secs)
-                    );
+                    let what = format!("leader of {topic}/{partition}");
+                    kill_for_10_s(&mut kafka, k, &what, end, args.phase_secs).await?;
                     last_fault = Instant::now();
                     let synced = kafka
                         .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
@@ -544,17 +535,7 @@ async fn main() -> anyhow::Result<()> {
                 let k = kafka
                     .index_of(id)
                     .context("the active controller is not a node")?;
-                println!(
-                    "  {:>5.1} s: broker {id} (the active controller) SIGKILLed",
-                    phase_time(end, args.phase_secs)
-                );
-                kafka.kill(k);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                kafka.restart(k).await?;
-                println!(
-                    "  {:>5.1} s: broker {id} started",
-                    phase_time(end, args.phase_secs)
-                );
+                kill_for_10_s(&mut kafka, k, "the active controller", end, args.phase_secs).await?;
                 last_fault = Instant::now();
             }
             Fault::RollingRestart => {
@@ -691,6 +672,26 @@ async fn connect(url: &str) -> anyhow::Result<PgPool> {
     }
 }
 
+/// SIGKILLs Kafka node `k` (`what` it was), starts it again 10 s later and waits until it serves.
+async fn kill_for_10_s(
+    kafka: &mut cluster::Cluster,
+    k: usize,
+    what: &str,
+    end: Instant,
+    phase_secs: u64,
+) -> anyhow::Result<()> {
+    let id = kafka.id(k);
+    println!(
+        "  {:>5.1} s: broker {id} ({what}) SIGKILLed",
+        phase_time(end, phase_secs)
+    );
+    kafka.kill(k);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    kafka.restart(k).await?;
+    println!("  {:>5.1} s: broker {id} started", phase_time(end, phase_secs));
+    Ok(())
+}
+
 /// Two orchestrator replicas sharing one database, the user service and the post service.
 fn services(args: &Args, brokers: &str) -> Vec<Service> {
     let common = |db: &str| -> Vec<(String, String)> {
@@ -763,8 +764,8 @@ fn services(args: &Args, brokers: &str) -> Vec<Service> {
         env
     };
     vec![
-        service("orchestrator-a", "orchestrator", replica(50161, 18161)),
-        service("orchestrator-b", "orchestrator", replica(50162, 18162)),
+        service("orchestrator-a", "orchestrator", replica(18171, 18161)),
+        service("orchestrator-b", "orchestrator", replica(18172, 18162)),
         service(
             "user-service",
             "user-service",
@@ -1141,7 +1142,7 @@ async fn drive(
 }
 
 /// Replica a's gRPC API, where the consistency audit is run.
-const ORCHESTRATOR_A: &str = "http://127.0.0.1:50161";
+const ORCHESTRATOR_A: &str = "http://127.0.0.1:18171";
 
 /// What became of one accepted saga, against what the workload intended.
 enum Outcome {
