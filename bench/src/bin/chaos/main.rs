@@ -491,17 +491,10 @@ async fn main() -> anyhow::Result<()> {
                     let what = format!("leader of {topic}/{partition}");
                     kill_for_10_s(&mut kafka, k, &what, end, args.phase_secs).await?;
                     last_fault = Instant::now();
-                    let synced = kafka
-                        .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
-                        .await?;
+                    let replicas = settle(&kafka).await?;
                     println!(
-                        "  {:>5.1} s: replicas {}",
-                        phase_time(end, args.phase_secs),
-                        if synced {
-                            "in sync"
-                        } else {
-                            "still not in sync after 60 s"
-                        }
+                        "  {:>5.1} s: replicas {replicas}",
+                        phase_time(end, args.phase_secs)
                     );
                     tokio::time::sleep(Duration::from_secs(15)).await;
                     if end.saturating_duration_since(Instant::now()) < Duration::from_secs(15) {
@@ -548,18 +541,11 @@ async fn main() -> anyhow::Result<()> {
                     );
                     kafka.stop(k).await;
                     kafka.restart(k).await?;
-                    let synced = kafka
-                        .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
-                        .await?;
+                    let replicas = settle(&kafka).await?;
                     println!(
-                        "  {:>5.1} s: broker {} back, replicas {}",
+                        "  {:>5.1} s: broker {} back, replicas {replicas}",
                         phase_time(end, args.phase_secs),
-                        kafka.id(k),
-                        if synced {
-                            "in sync"
-                        } else {
-                            "still not in sync after 60 s"
-                        }
+                        kafka.id(k)
                     );
                 }
                 last_fault = Instant::now();
@@ -670,6 +656,19 @@ async fn connect(url: &str) -> anyhow::Result<PgPool> {
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// Waits up to a minute until every command and reply partition has all its replicas in sync
+/// again; says whether they are.
+async fn settle(kafka: &cluster::Cluster) -> anyhow::Result<&'static str> {
+    let synced = kafka
+        .wait_in_sync(&LEADER_TOPICS, Duration::from_secs(60))
+        .await?;
+    Ok(if synced {
+        "in sync"
+    } else {
+        "still not in sync after 60 s"
+    })
 }
 
 /// SIGKILLs Kafka node `k` (`what` it was), starts it again 10 s later and waits until it serves.

@@ -73,6 +73,9 @@ impl ErrorKind {
     }
 }
 
+/// The answer when the saga store cannot be reached (the cause is logged, not answered).
+const STORE_UNAVAILABLE: &str = "the saga store is unavailable; retry later";
+
 /// A refused or failed request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -124,10 +127,7 @@ impl ApiError {
     /// The store cannot be reached: logged here with the cause, answered without it.
     fn store_unavailable(cause: &StoreError) -> Self {
         tracing::error!(error = %cause, "saga store unavailable");
-        let e = Self::new(
-            ErrorKind::Unavailable,
-            "the saga store is unavailable; retry later",
-        );
+        let e = Self::new(ErrorKind::Unavailable, STORE_UNAVAILABLE);
         if admission::unreachable(cause) {
             e.retry_after(admission::RETRY_AFTER_DOWN)
         } else {
@@ -178,11 +178,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => Self::new(ErrorKind::Aborted, e.to_string()),
             StoreError::DuplicateKey => Self::new(ErrorKind::AlreadyExists, e.to_string()),
             StoreError::Shared(_) | StoreError::Database(_) => Self::store_unavailable(&e),
-            StoreError::Down { retry_after } => Self::new(
-                ErrorKind::Unavailable,
-                "the saga store is unavailable; retry later",
-            )
-            .retry_after(retry_after),
+            // Refused without trying: no error to log per request (the gate logged the outage).
+            StoreError::Down { retry_after } => {
+                Self::new(ErrorKind::Unavailable, STORE_UNAVAILABLE).retry_after(retry_after)
+            }
             StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt saga row");
                 Self::new(ErrorKind::Internal, e.to_string())
